@@ -1,0 +1,1 @@
+//! The embedded SNS/SQS broker (in progress).

@@ -1,0 +1,2 @@
+//! loadtest binary.
+fn main() {}

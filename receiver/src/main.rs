@@ -1,0 +1,2 @@
+//! receiver binary.
+fn main() {}
