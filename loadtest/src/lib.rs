@@ -1,1 +1,20 @@
-//! loadtest (in progress).
+//! loadtest: a load generator worth using, and the sync-vs-async order-pipeline experiment built on it.
+//!
+//! - [`open_model`]: constant arrival rate, latency from each request's *intended* send time (no coordinated
+//!   omission), late sends counted; [`closed_model`]: Locust-style users with spawn rate and wait range.
+//! - [`client`]: keep-alive HTTP/1.1 connections on hyper, one per lane, so the generator is never the
+//!   bottleneck.
+//! - [`recorder`]: HDR histograms and per-interval timelines; [`outcome`]: failure classes.
+//! - [`runner`]: one run with its sampler, queue/worker probes ([`probe`]), progress bar ([`progress`]) and
+//!   drain watch; [`results`]: the JSON schema and CSV timelines.
+
+pub mod client;
+pub mod closed_model;
+pub mod open_model;
+pub mod outcome;
+pub mod probe;
+pub mod progress;
+pub mod recorder;
+pub mod report;
+pub mod results;
+pub mod runner;

@@ -1,0 +1,226 @@
+//! The open model: requests arrive at a constant rate whatever the server does, as real customers do.
+//!
+//! Request `i` has an *intended* send time, `start + i / rate`. A pacer thread releases each request (a
+//! ticket) at its intended time; lanes, each owning one keep-alive connection, take tickets in order and send
+//! them. When every lane is busy, tickets wait and a new lane is opened, up to `max_connections`. Latency is
+//! measured from the intended time, never from the actual send, so a slow server cannot hide its latency by
+//! slowing the generator down (no coordinated omission); how late each request was sent is recorded apart, as
+//! the scheduling lag, and sends later than the late threshold are counted.
+//!
+//! Why a thread for the pacer: tokio's timer wheel has a 1 ms resolution, too coarse for 10,000 requests/s
+//! (one every 100 µs); the OS sleep a thread uses is accurate to tens of microseconds, and the pacer releases
+//! every ticket that is due each time it wakes, so its lag does not accumulate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{Connection, RequestSpec, Target};
+use crate::outcome::{FailureKind, Outcome};
+use crate::recorder::Recorder;
+
+/// How many lanes are connected before the first request is due: enough for modest rates without any lane
+/// opening on the request path; more are opened as soon as tickets wait.
+const INITIAL_LANES: usize = 4;
+
+/// An open-model load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenLoad {
+    /// Requests per second.
+    pub rate: f64,
+    /// How long requests keep being scheduled.
+    pub duration: Duration,
+    /// The most requests in flight at once (one connection each). Needs to be at least rate × the slowest
+    /// expected latency, or requests will be sent late (and counted as such).
+    pub max_connections: usize,
+    /// A request with no answer after this long is a timeout (and a request that could not even be sent
+    /// within this long of its intended time is `not_sent`).
+    pub timeout: Duration,
+}
+
+impl OpenLoad {
+    /// The number of requests the schedule holds: rate × duration, rounded.
+    pub fn scheduled(&self) -> u64 {
+        (self.rate * self.duration.as_secs_f64()).round() as u64
+    }
+}
+
+/// What the open model did, beyond what the recorder measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenRun {
+    /// Requests in the schedule.
+    pub scheduled: u64,
+    /// Connections (lanes) opened: the concurrency the load needed.
+    pub connections: usize,
+}
+
+struct Schedule {
+    start: Instant,
+    interval_nanos: f64,
+    total: u64,
+}
+
+impl Schedule {
+    fn intended(&self, index: u64) -> Instant {
+        self.start + Duration::from_nanos((index as f64 * self.interval_nanos) as u64)
+    }
+}
+
+struct Shared {
+    schedule: Schedule,
+    /// One permit per released ticket; the pacer adds them, lanes take them.
+    tickets: Semaphore,
+    /// The next ticket index to hand out.
+    next: AtomicU64,
+    lanes: AtomicUsize,
+    /// Lanes spawned but not yet waiting for tickets (still connecting).
+    starting: AtomicUsize,
+    max_lanes: usize,
+    target: Target,
+    spec: RequestSpec,
+    recorder: Arc<Recorder>,
+    timeout: Duration,
+}
+
+/// Runs an open-model load to its end (or until `stop` is cancelled), then waits for requests in flight.
+pub async fn run(
+    load: &OpenLoad,
+    target: &Target,
+    spec: &RequestSpec,
+    recorder: Arc<Recorder>,
+    stop: CancellationToken,
+) -> OpenRun {
+    assert!(load.rate > 0.0 && load.max_connections > 0, "rate and max_connections must be positive");
+    let initial = INITIAL_LANES.min(load.max_connections);
+    let mut connections = Vec::with_capacity(initial);
+    for lane in 0..initial {
+        let mut connection = Connection::new(target.addr_for(lane));
+        // A failure here is retried on the lane's first request, and recorded there.
+        let _ = connection.connect().await;
+        connections.push(connection);
+    }
+    let shared = Arc::new(Shared {
+        schedule: Schedule {
+            start: Instant::now(),
+            interval_nanos: 1e9 / load.rate,
+            total: load.scheduled(),
+        },
+        tickets: Semaphore::new(0),
+        next: AtomicU64::new(0),
+        lanes: AtomicUsize::new(initial),
+        starting: AtomicUsize::new(0),
+        max_lanes: load.max_connections,
+        target: target.clone(),
+        spec: spec.clone(),
+        recorder,
+        timeout: load.timeout,
+    });
+    let tracker = TaskTracker::new();
+    for (id, connection) in connections.into_iter().enumerate() {
+        tracker.spawn(lane(Arc::clone(&shared), id, connection));
+    }
+    let (paced, pacer_done) = tokio::sync::oneshot::channel();
+    let pacer = {
+        let (shared, tracker, handle) =
+            (Arc::clone(&shared), tracker.clone(), tokio::runtime::Handle::current());
+        std::thread::Builder::new().name("loadtest-pacer".into()).spawn(move || {
+            pace(&shared, &tracker, &handle, &stop);
+            let _ = paced.send(());
+        })
+    };
+    match pacer {
+        Ok(_thread) => {
+            let _ = pacer_done.await;
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot start the pacer thread");
+            shared.tickets.close();
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    OpenRun { scheduled: shared.schedule.total, connections: shared.lanes.load(Ordering::Relaxed) }
+}
+
+/// Releases tickets at their intended times; opens lanes when released tickets find none waiting.
+fn pace(
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    handle: &tokio::runtime::Handle,
+    stop: &CancellationToken,
+) {
+    let schedule = &shared.schedule;
+    let mut released = 0;
+    while released < schedule.total && !stop.is_cancelled() {
+        let elapsed = schedule.start.elapsed().as_nanos() as f64;
+        let due = ((elapsed / schedule.interval_nanos) as u64 + 1).min(schedule.total);
+        if due > released {
+            shared.tickets.add_permits((due - released) as usize);
+            released = due;
+            open_lanes_for_waiting_tickets(shared, tracker, handle);
+        }
+        if released < schedule.total {
+            let next = schedule.intended(released);
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    if stop.is_cancelled() {
+        shared.tickets.close();
+    } else {
+        // One end-of-schedule ticket per lane: a lane drawing an index past the schedule stops.
+        shared.tickets.add_permits(shared.max_lanes);
+    }
+}
+
+fn open_lanes_for_waiting_tickets(
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    handle: &tokio::runtime::Handle,
+) {
+    let waiting = shared.tickets.available_permits();
+    let starting = shared.starting.load(Ordering::Acquire);
+    let lanes = shared.lanes.load(Ordering::Relaxed);
+    let wanted = waiting.saturating_sub(starting).min(shared.max_lanes - lanes);
+    for id in lanes..lanes + wanted {
+        shared.starting.fetch_add(1, Ordering::AcqRel);
+        let mut connection = Connection::new(shared.target.addr_for(id));
+        let lane_shared = Arc::clone(shared);
+        tracker.spawn_on(
+            async move {
+                let _ = connection.connect().await;
+                lane_shared.starting.fetch_sub(1, Ordering::AcqRel);
+                lane(lane_shared, id, connection).await;
+            },
+            handle,
+        );
+    }
+    shared.lanes.store(lanes + wanted, Ordering::Relaxed);
+}
+
+async fn lane(shared: Arc<Shared>, id: usize, mut connection: Connection) {
+    loop {
+        match shared.tickets.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_closed) => return,
+        }
+        let index = shared.next.fetch_add(1, Ordering::Relaxed);
+        if index >= shared.schedule.total {
+            return;
+        }
+        let intended = shared.schedule.intended(index);
+        let lag = Instant::now().saturating_duration_since(intended);
+        if lag >= shared.timeout {
+            shared.recorder.finished(id, lag, Outcome::Failed(FailureKind::NotSent));
+            continue;
+        }
+        shared.recorder.sent(id, Some(lag));
+        let outcome = connection.exchange(shared.spec.build(index), shared.timeout).await;
+        shared.recorder.finished(id, intended.elapsed(), outcome);
+    }
+}

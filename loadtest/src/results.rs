@@ -1,0 +1,309 @@
+//! The results a command writes: `results.json` (one documented schema, [`SCHEMA`]; see
+//! `loadtest/RESULTS.md`), one CSV timeline per run, and `report.html`.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::outcome::OutcomeCounts;
+use crate::probe::WorkerSnapshot;
+use crate::recorder::LatencySummary;
+
+/// The schema identifier written in every `results.json`; bumped on any incompatible change.
+pub const SCHEMA: &str = "orderflow-loadtest-results/1";
+
+/// The whole `results.json` document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultsDocument {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// The loadtest version that wrote it.
+    pub tool_version: String,
+    /// `run`, `compare` or `scale`.
+    pub command: String,
+    /// When the command started.
+    pub created_at: DateTime<Utc>,
+    /// `embedded` (the in-process stack) or the target URL.
+    pub target: String,
+    /// Time compression factor K: payment latency ÷ K, rates × K, durations ÷ K. 1 means real time.
+    pub time_scale: f64,
+    /// Plain-language notes about how to read the figures (time scale, drain caps, ...).
+    pub notes: Vec<String>,
+    /// Every load run, in the order they ran.
+    pub runs: Vec<RunResult>,
+    /// Sync-vs-async improvement factors (`compare` only).
+    pub comparisons: Vec<Comparison>,
+    /// The worker-scaling sweep (`scale` only).
+    pub scaling: Vec<ScalingPoint>,
+}
+
+impl ResultsDocument {
+    /// An empty document for `command` against `target`.
+    pub fn new(command: &str, target: &str, time_scale: f64) -> ResultsDocument {
+        ResultsDocument {
+            schema: SCHEMA.to_owned(),
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            command: command.to_owned(),
+            created_at: Utc::now(),
+            target: target.to_owned(),
+            time_scale,
+            notes: Vec::new(),
+            runs: Vec::new(),
+            comparisons: Vec::new(),
+            scaling: Vec::new(),
+        }
+    }
+}
+
+/// The load a run applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "snake_case")]
+pub enum LoadDescription {
+    /// Constant arrival rate.
+    Open {
+        /// Requests per second.
+        rate_per_s: f64,
+        /// Scheduling duration in seconds.
+        duration_s: f64,
+        /// Most requests in flight allowed.
+        max_connections: usize,
+        /// Request timeout in milliseconds.
+        timeout_ms: f64,
+    },
+    /// Locust-style users.
+    Closed {
+        /// Concurrent users.
+        users: usize,
+        /// Users started per second.
+        spawn_rate: f64,
+        /// Shortest pause between requests, ms.
+        wait_min_ms: f64,
+        /// Longest pause between requests, ms.
+        wait_max_ms: f64,
+        /// Run time in seconds.
+        duration_s: f64,
+        /// Request timeout in milliseconds.
+        timeout_ms: f64,
+    },
+}
+
+/// One load run against one endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    /// `scenario/endpoint-kind`, e.g. `flash-sale-open/async`.
+    pub name: String,
+    /// The scenario (`normal`, `flash-sale-open`, `flash-sale-users`, or `custom`).
+    pub scenario: String,
+    /// `sync` or `async`.
+    pub mode: String,
+    /// The request path, e.g. `/orders/async`.
+    pub path: String,
+    /// The load applied.
+    pub load: LoadDescription,
+    /// When the run started.
+    pub started_at: DateTime<Utc>,
+    /// Seconds from the first request to the last answer (the load phase; the drain is extra).
+    pub load_duration_s: f64,
+    /// Requests handed to a connection.
+    pub sent: u64,
+    /// Requests in flight when a closed-model run ended, dropped unanswered (not in `outcomes`).
+    pub abandoned: u64,
+    /// Outcomes: `accepted` plus one count per failure kind.
+    pub outcomes: OutcomeCounts,
+    /// Accepted as a percentage of all outcomes.
+    pub accepted_pct: f64,
+    /// Answered (or failed) requests per second over the load phase.
+    pub throughput_per_s: f64,
+    /// Accepted requests per second over the load phase.
+    pub accepted_per_s: f64,
+    /// Latency of every request, failures included (open model: from the intended send time).
+    pub latency: LatencySummary,
+    /// Latency of accepted requests only.
+    pub accepted_latency: LatencySummary,
+    /// Open model only: how well the generator kept its schedule.
+    pub schedule: Option<ScheduleReport>,
+    /// Queue depth and drain, when the queue could be observed.
+    pub queue: Option<QueueReport>,
+    /// The worker's `/stats` at the end of the run (end-to-end latency lives here), when observable.
+    pub worker: Option<WorkerSnapshot>,
+    /// The timeline CSV's file name, in the same directory.
+    pub timeline_csv: String,
+    /// The timeline itself (written to CSV, not to JSON).
+    #[serde(skip)]
+    pub timeline: Vec<TimelinePoint>,
+}
+
+/// How well the open model kept its schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleReport {
+    /// Requests in the schedule (rate × duration).
+    pub scheduled: u64,
+    /// Connections the generator opened (its peak concurrency).
+    pub connections: usize,
+    /// Requests sent later than `late_threshold_ms` after their intended time.
+    pub late: u64,
+    /// The lateness threshold in milliseconds.
+    pub late_threshold_ms: f64,
+    /// Scheduling lag: actual send time − intended send time.
+    pub lag: LatencySummary,
+}
+
+/// The queue's story during and after a run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QueueReport {
+    /// Largest backlog (visible + in flight) sampled.
+    pub peak_backlog: u64,
+    /// Seconds from the run's start to that peak.
+    pub peak_at_s: f64,
+    /// Backlog when the load phase ended.
+    pub backlog_at_load_end: u64,
+    /// The drain after the load, when it was watched.
+    pub drain: Option<DrainReport>,
+}
+
+/// How long the backlog took to clear after the load ended, measured and predicted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// Whether the backlog reached zero before the cap.
+    pub finished: bool,
+    /// Seconds from the end of the load to an empty queue (or to the cap, when not finished).
+    pub measured_s: f64,
+    /// Little's law: backlog at load end × payment latency ÷ consumers.
+    pub predicted_s: f64,
+    /// Consumers assumed by the prediction.
+    pub consumers: usize,
+    /// Payment latency assumed by the prediction, ms.
+    pub payment_latency_ms: f64,
+    /// Backlog left when watching stopped (0 when finished).
+    pub remaining: u64,
+    /// Messages processed per second while draining (backlog decrease ÷ time).
+    pub processing_rate_per_s: f64,
+    /// When not finished: the time the rest would take at the measured processing rate, seconds.
+    pub extrapolated_total_s: Option<f64>,
+}
+
+/// Sync-vs-async improvement factors for one scenario (async ÷ sync unless said otherwise).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The scenario compared.
+    pub scenario: String,
+    /// Accepted %: async − sync, in percentage points.
+    pub accepted_pct_gain: f64,
+    /// Accepted requests: async ÷ sync (infinite when sync accepted none: written as null).
+    pub accepted_factor: Option<f64>,
+    /// Accepted per second: async ÷ sync.
+    pub accepted_rate_factor: Option<f64>,
+    /// Median latency: sync ÷ async (how many times faster the answer is).
+    pub p50_speedup: Option<f64>,
+    /// 99th-percentile latency: sync ÷ async.
+    pub p99_speedup: Option<f64>,
+}
+
+/// One point of the worker-scaling sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScalingPoint {
+    /// Consumers (N).
+    pub consumers: usize,
+    /// Offered rate during the flash sale, orders/s.
+    pub offered_rate_per_s: f64,
+    /// N ÷ L: the processing rate the consumers can sustain.
+    pub capacity_per_s: f64,
+    /// Measured processing rate (orders processed ÷ time, while there was work).
+    pub processing_rate_per_s: f64,
+    /// Largest backlog sampled.
+    pub peak_backlog: u64,
+    /// Drain after the load, measured (seconds; time to the cap when not finished).
+    pub drain_s: f64,
+    /// Little's-law drain prediction, seconds.
+    pub drain_predicted_s: f64,
+    /// Whether the drain finished before the cap.
+    pub drain_finished: bool,
+    /// Worker CPU time ÷ wall time over the run (cores), when measurable.
+    pub worker_cpu_cores: Option<f64>,
+    /// Peak resident memory of the process hosting the worker, MiB, when measurable.
+    pub rss_mib: Option<f64>,
+    /// Little's law: the fewest consumers that keep up, rate × latency.
+    pub min_consumers_littles_law: u64,
+    /// The fewest consumers of the sweep that kept the backlog from growing (peak < 1% of orders).
+    pub kept_up: bool,
+}
+
+/// Whether a timeline row belongs to the load or to the drain after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Requests are being sent.
+    Load,
+    /// The load has ended; the queue is being watched until empty.
+    Drain,
+}
+
+/// One row of a timeline CSV: what happened during one sampling interval. Empty cells: not measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// Seconds since the run started, at the end of the interval.
+    pub t_s: f64,
+    /// Load or drain.
+    pub phase: Phase,
+    /// Users running (closed model).
+    pub users: Option<u64>,
+    /// Requests sent during the interval.
+    pub sent: u64,
+    /// Requests finished during the interval.
+    pub completed: u64,
+    /// Of which accepted.
+    pub accepted: u64,
+    /// Of which failed.
+    pub failed: u64,
+    /// Finished requests per second during the interval.
+    pub rate_per_s: f64,
+    /// Median latency of requests finished during the interval, ms.
+    pub latency_p50_ms: Option<f64>,
+    /// 95th percentile, ms.
+    pub latency_p95_ms: Option<f64>,
+    /// 99th percentile, ms.
+    pub latency_p99_ms: Option<f64>,
+    /// Maximum, ms.
+    pub latency_max_ms: Option<f64>,
+    /// 99th percentile of the scheduling lag, ms (open model).
+    pub lag_p99_ms: Option<f64>,
+    /// Messages waiting in the queue.
+    pub queue_visible: Option<u64>,
+    /// Messages being processed.
+    pub queue_in_flight: Option<u64>,
+    /// Visible + in flight: the true backlog.
+    pub queue_backlog: Option<u64>,
+    /// Orders the worker has processed since it started (cumulative).
+    pub worker_processed: Option<u64>,
+}
+
+/// Writes `results.json`, one CSV per run and `report.html` into `dir` (created if needed); returns the
+/// paths written.
+pub fn write_all(dir: &Path, document: &ResultsDocument, report_html: &str) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for run in &document.runs {
+        let path = dir.join(&run.timeline_csv);
+        let mut writer = csv::Writer::from_path(&path)?;
+        for point in &run.timeline {
+            writer.serialize(point)?;
+        }
+        writer.flush()?;
+        written.push(path);
+    }
+    let json = dir.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(document)?)?;
+    written.push(json);
+    let html = dir.join("report.html");
+    std::fs::write(&html, report_html)?;
+    written.push(html);
+    Ok(written)
+}
+
+/// A file-name-safe version of a run name: `flash-sale-open/async` → `flash-sale-open-async.csv`.
+pub fn csv_file_name(run_name: &str) -> String {
+    let stem: String =
+        run_name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    format!("{stem}.csv")
+}
