@@ -7,7 +7,8 @@
 //!   (visibility timeout, receipt handles, receive counts, redrive to a dead-letter queue, long polling,
 //!   retention, size and batch limits). It is the default for local runs, tests and experiments, and it runs on
 //!   tokio time so tests can `tokio::time::pause()`.
-//! - `aws` (its own module, when enabled): the same port over `aws-sdk-sns` / `aws-sdk-sqs`.
+//! - [`aws`]: the same port over `aws-sdk-sns` / `aws-sdk-sqs`, plus provisioning of the topic and queues for
+//!   local emulators.
 //!
 //! The port speaks SQS's vocabulary on purpose: at-least-once delivery, batches of at most
 //! [`MAX_BATCH_ENTRIES`], per-entry results for batch calls, receipt handles that go stale on redelivery. Code
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+pub mod aws;
 pub mod embedded;
 
 /// SQS and SNS accept at most ten entries per batch call (PublishBatch, ReceiveMessage, DeleteMessageBatch,
