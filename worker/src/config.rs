@@ -1,0 +1,187 @@
+//! What a worker can be tuned with, and why each knob exists.
+
+use std::time::Duration;
+
+use orders::PaymentConfig;
+
+/// How the worker's processing slots reach the payment processor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GateMode {
+    /// Every processing slot owns a single-slot payment gate, so throughput grows with the number of consumers
+    /// (`consumers / latency`). This is what the classic scaling experiment measures.
+    #[default]
+    PerConsumer,
+    /// All processing slots share one gate with `slots` slots, so throughput caps at `slots / latency` however
+    /// many consumers there are: adding servers does not help a serial bottleneck.
+    Shared {
+        /// Payments the shared gate takes at once.
+        slots: usize,
+    },
+}
+
+impl GateMode {
+    /// The name used on the command line, in `/stats` and in logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            GateMode::PerConsumer => "per-consumer",
+            GateMode::Shared { .. } => "shared",
+        }
+    }
+
+    /// Payment slots per gate: one per consumer's gate, or the shared gate's slots.
+    pub fn slots_per_gate(&self) -> usize {
+        match self {
+            GateMode::PerConsumer => 1,
+            GateMode::Shared { slots } => *slots,
+        }
+    }
+}
+
+/// Exponential backoff with jitter: the delay doubles with each attempt up to `max`, and is drawn from the
+/// upper half of that range so that many clients failing together do not retry together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The delay before the first retry (before jitter).
+    pub base: Duration,
+    /// The cap: no delay is longer than this.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (0 for the first retry): `min(max, base × 2^attempt)`, jittered
+    /// uniformly into its upper half.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.base.saturating_mul(1u32 << attempt.min(30)).min(self.max);
+        let half = ceiling / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Everything a [`Worker`](crate::Worker) needs to know. `Default` matches the deployed service: one consumer
+/// with its own gate, a 3 s payment, the queue's 30 s visibility timeout and redrive after 5 receives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    /// Orders processed concurrently (processing slots). At `latency` per payment the worker completes at most
+    /// `consumers / latency` orders a second in [`GateMode::PerConsumer`].
+    pub consumers: usize,
+    /// Whether each consumer has its own payment gate or all share one.
+    pub gate_mode: GateMode,
+    /// The simulated payment processor: latency, decline rate, seed and faults. Its `slots` field is ignored:
+    /// the gate mode decides how many slots each gate has.
+    pub payment: PaymentConfig,
+    /// Long-polling receivers feeding the processing slots; 0 picks one per ten consumers, at most
+    /// [`AUTO_POLLERS_MAX`]. More pollers hide receive latency (one AWS receive takes tens of milliseconds).
+    pub pollers: usize,
+    /// How long one receive waits for messages (SQS long polling, at most 20 s). Long waits mean few empty
+    /// receives, which is cheaper and quieter.
+    pub receive_wait: Duration,
+    /// The queue's visibility timeout. It must match the queue: the heartbeat extends a message's visibility
+    /// by this much when processing could outlast it.
+    pub visibility_timeout: Duration,
+    /// The queue's redrive `maxReceiveCount`. A message that fails transiently on its last allowed receive is
+    /// dead-lettered by the worker itself, with the reason recorded (the queue's redrive, which records none,
+    /// stays the backstop). 0 leaves dead-lettering entirely to the redrive policy.
+    pub max_receive_count: u32,
+    /// Visibility given to a message whose payment failed transiently, by receive count: the queue redelivers
+    /// it after this delay instead of at once, so an outage is not hammered.
+    pub retry_backoff: Backoff,
+    /// Pause between failed receives, by consecutive failures: a broker outage is not turned into a hot loop.
+    pub poll_backoff: Backoff,
+    /// Longest time a delete or visibility change waits for nine others to share its batch call. Short,
+    /// because a processed message is redelivered if its delete is late.
+    pub batch_flush_interval: Duration,
+    /// Recently finished order ids remembered, so a redelivered order is not charged twice.
+    pub dedupe_capacity: usize,
+    /// After a shutdown signal, how long in-flight payments may run before their messages are released.
+    /// 25 s fits inside ECS's 30 s stop timeout.
+    pub shutdown_deadline: Duration,
+}
+
+/// The most pollers chosen automatically (see [`WorkerConfig::pollers`]).
+pub const AUTO_POLLERS_MAX: usize = 16;
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            consumers: 1,
+            gate_mode: GateMode::PerConsumer,
+            payment: PaymentConfig::default(),
+            pollers: 0,
+            receive_wait: bus::MAX_WAIT,
+            visibility_timeout: Duration::from_secs(30),
+            max_receive_count: 5,
+            retry_backoff: Backoff { base: Duration::from_secs(5), max: Duration::from_secs(15 * 60) },
+            poll_backoff: Backoff { base: Duration::from_millis(100), max: Duration::from_secs(20) },
+            batch_flush_interval: Duration::from_millis(10),
+            dedupe_capacity: 100_000,
+            shutdown_deadline: Duration::from_secs(25),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The number of pollers to run: [`pollers`](Self::pollers), or one per ten consumers when it is 0.
+    pub fn effective_pollers(&self) -> usize {
+        match self.pollers {
+            0 => self.consumers.div_ceil(bus::MAX_BATCH_ENTRIES).clamp(1, AUTO_POLLERS_MAX),
+            n => n,
+        }
+    }
+
+    /// Checks what would make the worker misbehave rather than fail loudly.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.consumers == 0 {
+            return Err("consumers must be at least 1".into());
+        }
+        if self.gate_mode.slots_per_gate() == 0 {
+            return Err("a shared gate needs at least 1 slot".into());
+        }
+        if self.receive_wait > bus::MAX_WAIT {
+            return Err(format!("receive wait {:?} is over SQS's 20 s maximum", self.receive_wait));
+        }
+        if self.visibility_timeout.is_zero() || self.visibility_timeout > bus::MAX_VISIBILITY {
+            return Err("visibility timeout must be between 1 s and 12 h".into());
+        }
+        if !(0.0..=1.0).contains(&self.payment.decline_rate) {
+            return Err("decline rate must be between 0 and 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_caps() {
+        let backoff = Backoff { base: Duration::from_secs(2), max: Duration::from_secs(60) };
+        for _ in 0..200 {
+            let first = backoff.delay(0);
+            assert!(first >= Duration::from_secs(1) && first <= Duration::from_secs(2), "{first:?}");
+            let third = backoff.delay(2);
+            assert!(third >= Duration::from_secs(4) && third <= Duration::from_secs(8), "{third:?}");
+            let capped = backoff.delay(40);
+            assert!(capped >= Duration::from_secs(30) && capped <= Duration::from_secs(60), "{capped:?}");
+        }
+        let draws: std::collections::HashSet<_> = (0..50).map(|_| backoff.delay(3)).collect();
+        assert!(draws.len() > 10, "jitter spreads retries");
+    }
+
+    #[test]
+    fn pollers_scale_with_consumers_but_stay_few() {
+        let with = |consumers| WorkerConfig { consumers, ..WorkerConfig::default() }.effective_pollers();
+        assert_eq!((with(1), with(10), with(11), with(200), with(10_000)), (1, 1, 2, 16, 16));
+        assert_eq!(WorkerConfig { pollers: 3, ..WorkerConfig::default() }.effective_pollers(), 3);
+    }
+
+    #[test]
+    fn invalid_configs_are_refused() {
+        assert!(WorkerConfig::default().validate().is_ok());
+        assert!(WorkerConfig { consumers: 0, ..WorkerConfig::default() }.validate().is_err());
+        let shared_none = WorkerConfig { gate_mode: GateMode::Shared { slots: 0 }, ..WorkerConfig::default() };
+        assert!(shared_none.validate().is_err());
+        let long_wait = WorkerConfig { receive_wait: Duration::from_secs(21), ..WorkerConfig::default() };
+        assert!(long_wait.validate().is_err());
+    }
+}

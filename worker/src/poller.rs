@@ -1,0 +1,46 @@
+//! The long-polling receivers: reserve free slots, receive at most that many messages, hand each to a slot.
+
+use std::sync::Arc;
+
+use bus::{MAX_BATCH_ENTRIES, VisibilityChange};
+use tokio::time::{Instant, sleep};
+
+use crate::process::Processor;
+use crate::spawner::Spawner;
+
+/// Receives for as long as the future is polled; the worker stops it by dropping it, which cancels a pending
+/// long poll at once.
+pub(crate) async fn poll(processor: Arc<Processor>, processing: Spawner, poller: usize) {
+    let shared = Arc::clone(&processor.shared);
+    let mut consecutive_failures = 0;
+    loop {
+        let slots = shared.slots.reserve(MAX_BATCH_ENTRIES).await;
+        match processor.consumer.receive(slots.len(), shared.config.receive_wait).await {
+            Ok(mut messages) => {
+                consecutive_failures = 0;
+                let received_at = Instant::now();
+                shared.stats.received.add(messages.len() as u64);
+                if messages.len() > slots.len() {
+                    // A broker must not do this; if it does, hand the extras straight back.
+                    tracing::error!(asked = slots.len(), got = messages.len(), "receive returned too many messages");
+                    for extra in messages.split_off(slots.len()) {
+                        let release = VisibilityChange { receipt_handle: extra.receipt_handle, timeout: Default::default() };
+                        processor.visibility.submit(release);
+                    }
+                }
+                // Unused slots (fewer messages than reserved) are freed as `slots` drops.
+                for (slot, message) in slots.into_iter().zip(messages) {
+                    processing.spawn(Arc::clone(&processor).process(slot, message, received_at));
+                }
+            }
+            Err(error) => {
+                drop(slots);
+                shared.stats.poll_errors.add(1);
+                let pause = shared.config.poll_backoff.delay(consecutive_failures);
+                consecutive_failures = consecutive_failures.saturating_add(1);
+                tracing::warn!(poller, %error, ?pause, consecutive_failures, "receive failed; backing off");
+                sleep(pause).await;
+            }
+        }
+    }
+}
