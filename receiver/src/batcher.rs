@@ -1,0 +1,307 @@
+//! The micro-batcher: coalesces concurrent publishes into batch calls, each request keeping its own result.
+//!
+//! Requests hand their message to one task through a channel, with a oneshot for the answer. The task:
+//!
+//! - sends at once when no publish call is in flight (an idle receiver adds no latency);
+//! - while calls are in flight, keeps filling the next batch for up to `linger`, or until it has
+//!   [`MAX_BATCH_ENTRIES`] messages or [`MAX_MESSAGE_BYTES`] of them (SNS limits a batch's total size too);
+//! - uses `Publish` for a lone message and `PublishBatch` otherwise, at most `max_in_flight` calls at once;
+//! - answers each request with its own entry's result, so a partial batch failure fails only its own requests.
+//!
+//! Messages whose request has already gone (client disconnected, or its publish timeout passed) are dropped
+//! before sending: nobody was told they were accepted, so nobody is owed their publication.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bus::{BusError, MAX_BATCH_ENTRIES, MAX_MESSAGE_BYTES, MessageId, OutgoingMessage, Publisher};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Why a publish did not get acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The broker refused the message or the call failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// No acknowledgement within the publish timeout; the message may still be published.
+    #[error("the broker did not acknowledge the publish within {0:?}")]
+    TimedOut(Duration),
+    /// The receiver is shutting down and takes no new publishes.
+    #[error("the receiver is shutting down")]
+    ShuttingDown,
+}
+
+/// How the batcher batches; see [`crate::Config`] for the meaning of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatcherSettings {
+    /// How long a partial batch may wait for company while other calls are in flight.
+    pub linger: Duration,
+    /// Publish calls in flight at once.
+    pub max_in_flight: usize,
+    /// How long one request waits for its acknowledgement.
+    pub publish_timeout: Duration,
+    /// Capacity of the channel into the batcher. Callers bound their own concurrency, so this only needs to be
+    /// at least that bound for `publish` never to wait for room.
+    pub queue_capacity: usize,
+}
+
+/// Counters kept by the batcher, read by `/stats`.
+#[derive(Debug, Default)]
+pub struct PublishCounters {
+    /// Messages the broker acknowledged.
+    pub published: AtomicU64,
+    /// Messages the broker refused, or whose call failed or timed out.
+    pub failed: AtomicU64,
+    /// Publish calls made (`Publish` and `PublishBatch` alike).
+    pub calls: AtomicU64,
+    /// Messages dropped unsent because their request had already gone.
+    pub abandoned: AtomicU64,
+}
+
+/// The handle requests publish through. Cheap to clone.
+#[derive(Clone)]
+pub struct PublishBatcher {
+    sender: mpsc::Sender<Pending>,
+    publish_timeout: Duration,
+    counters: Arc<PublishCounters>,
+    closing: CancellationToken,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for PublishBatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishBatcher")
+            .field("publish_timeout", &self.publish_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One message waiting for a publish call, and where to send its result.
+struct Pending {
+    message: OutgoingMessage,
+    size: usize,
+    reply: oneshot::Sender<Result<MessageId, BusError>>,
+}
+
+impl PublishBatcher {
+    /// Starts the batching task on the current tokio runtime.
+    pub fn start(publisher: Arc<dyn Publisher>, settings: BatcherSettings) -> Self {
+        let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
+        let counters = Arc::new(PublishCounters::default());
+        let closing = CancellationToken::new();
+        let max_in_flight = settings.max_in_flight.max(1);
+        let task = BatchTask {
+            publisher,
+            receiver,
+            carried: None,
+            linger: settings.linger,
+            call_timeout: settings.publish_timeout,
+            calls: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            counters: counters.clone(),
+            closing: closing.clone(),
+        };
+        let task = tokio::spawn(task.run());
+        Self {
+            sender,
+            publish_timeout: settings.publish_timeout,
+            counters,
+            closing,
+            task: Arc::new(Mutex::new(Some(task))),
+        }
+    }
+
+    /// Publishes one message and waits for the broker's acknowledgement of it, at most the publish timeout.
+    pub async fn publish(&self, message: OutgoingMessage) -> Result<MessageId, PublishError> {
+        let (reply, answer) = oneshot::channel();
+        let size = message.size_bytes();
+        let pending = Pending { message, size, reply };
+        let waited = tokio::time::timeout(self.publish_timeout, async {
+            self.sender.send(pending).await.map_err(|_| PublishError::ShuttingDown)?;
+            // The task answers every message it takes; a dropped reply means it stopped mid-way.
+            answer.await.map_err(|_| PublishError::ShuttingDown)?.map_err(PublishError::Bus)
+        })
+        .await;
+        waited.unwrap_or(Err(PublishError::TimedOut(self.publish_timeout)))
+    }
+
+    /// The batcher's counters.
+    pub fn counters(&self) -> &PublishCounters {
+        &self.counters
+    }
+
+    /// Stops taking new messages, publishes everything already queued, and waits for every call in flight,
+    /// for at most `deadline`. Returns whether everything was flushed in time.
+    pub async fn close(&self, deadline: Instant) -> bool {
+        self.closing.cancel();
+        let Some(task) = self.task.lock().await.take() else { return true };
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(_) => true,
+            Err(_) => false,
+        }
+    }
+}
+
+/// The state of the batching task.
+struct BatchTask {
+    publisher: Arc<dyn Publisher>,
+    receiver: mpsc::Receiver<Pending>,
+    /// A message that did not fit in the previous batch's byte budget; it starts the next batch.
+    carried: Option<Pending>,
+    linger: Duration,
+    call_timeout: Duration,
+    /// One permit per publish call in flight.
+    calls: Arc<Semaphore>,
+    max_in_flight: usize,
+    counters: Arc<PublishCounters>,
+    closing: CancellationToken,
+}
+
+impl BatchTask {
+    async fn run(mut self) {
+        while let Some(first) = self.next_message().await {
+            let batch = self.fill(first).await;
+            let permit =
+                self.calls.clone().acquire_owned().await.expect("the call semaphore is never closed");
+            let call = BatchCall {
+                publisher: self.publisher.clone(),
+                timeout: self.call_timeout,
+                counters: self.counters.clone(),
+            };
+            tokio::spawn(call.send(batch, permit));
+        }
+        // Closed and drained: wait for the calls still in flight, so `close` returns only once all are answered.
+        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        let _ = self.calls.acquire_many(all).await;
+    }
+
+    /// The next message to start a batch with, or `None` once closed and drained.
+    async fn next_message(&mut self) -> Option<Pending> {
+        if let Some(carried) = self.carried.take() {
+            return Some(carried);
+        }
+        if self.closing.is_cancelled() {
+            self.receiver.close();
+            return self.receiver.recv().await;
+        }
+        tokio::select! {
+            biased;
+            message = self.receiver.recv() => message,
+            () = self.closing.cancelled() => {
+                // No new messages from now on; the ones already queued are still received, then `None`.
+                self.receiver.close();
+                self.receiver.recv().await
+            }
+        }
+    }
+
+    /// Adds to `first` whatever is queued, lingering for more only while other calls are in flight.
+    async fn fill(&mut self, first: Pending) -> Vec<Pending> {
+        let linger_until = Instant::now() + self.linger;
+        let mut bytes = first.size;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_ENTRIES {
+            let next = match self.receiver.try_recv() {
+                Ok(next) => next,
+                Err(mpsc::error::TryRecvError::Empty)
+                    if self.calls_in_flight() && !self.closing.is_cancelled() =>
+                {
+                    tokio::select! {
+                        next = self.receiver.recv() => match next {
+                            Some(next) => next,
+                            None => break,
+                        },
+                        () = tokio::time::sleep_until(linger_until) => break,
+                    }
+                }
+                Err(_) => break,
+            };
+            if bytes + next.size > MAX_MESSAGE_BYTES {
+                self.carried = Some(next);
+                break;
+            }
+            bytes += next.size;
+            batch.push(next);
+        }
+        batch
+    }
+
+    fn calls_in_flight(&self) -> bool {
+        self.calls.available_permits() < self.max_in_flight
+    }
+}
+
+/// What one spawned publish call needs.
+struct BatchCall {
+    publisher: Arc<dyn Publisher>,
+    timeout: Duration,
+    counters: Arc<PublishCounters>,
+}
+
+impl BatchCall {
+    /// Publishes one batch and answers each of its requests with its own entry's result.
+    async fn send(self, mut batch: Vec<Pending>, _permit: OwnedSemaphorePermit) {
+        let before = batch.len();
+        batch.retain(|pending| !pending.reply.is_closed());
+        let abandoned = before - batch.len();
+        if abandoned > 0 {
+            self.counters.abandoned.fetch_add(abandoned as u64, Ordering::Relaxed);
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let (messages, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|pending| (pending.message, pending.reply)).unzip();
+        let entries = messages.len();
+        let started = Instant::now();
+        let results = self.call(messages).await;
+        let elapsed = started.elapsed();
+
+        let failed = results.iter().filter(|result| result.is_err()).count();
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        self.counters.published.fetch_add((entries - failed) as u64, Ordering::Relaxed);
+        self.counters.failed.fetch_add(failed as u64, Ordering::Relaxed);
+        let outcome = match failed {
+            0 => "ok",
+            n if n == entries => "failed",
+            _ => "partial",
+        };
+        metrics::histogram!("receiver_publish_batch_size").record(entries as f64);
+        metrics::histogram!("receiver_publish_duration_seconds", "outcome" => outcome)
+            .record(elapsed.as_secs_f64());
+        if let Some(Err(error)) = results.iter().find(|result| result.is_err()) {
+            tracing::warn!(entries, failed, %error, "publish to the bus failed");
+        }
+        for (reply, result) in replies.into_iter().zip(results) {
+            // The request may have given up meanwhile; its answer then has nowhere to go.
+            let _ = reply.send(result);
+        }
+    }
+
+    /// One broker call for the batch: `Publish` when alone, `PublishBatch` otherwise. Always one result per
+    /// message, in order.
+    async fn call(&self, mut messages: Vec<OutgoingMessage>) -> Vec<Result<MessageId, BusError>> {
+        let entries = messages.len();
+        if entries == 1 {
+            let message = messages.pop().expect("one message");
+            let result = tokio::time::timeout(self.timeout, self.publisher.publish(message)).await;
+            return vec![result.unwrap_or(Err(BusError::Timeout))];
+        }
+        match tokio::time::timeout(self.timeout, self.publisher.publish_batch(messages)).await {
+            Ok(Ok(results)) if results.len() == entries => results,
+            Ok(Ok(results)) => vec![
+                Err(BusError::Transient {
+                    code: "BatchResultMismatch".into(),
+                    message: format!("broker answered {entries} entries with {} results", results.len()),
+                });
+                entries
+            ],
+            Ok(Err(error)) => vec![Err(error); entries],
+            Err(_) => vec![Err(BusError::Timeout); entries],
+        }
+    }
+}

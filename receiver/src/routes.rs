@@ -1,0 +1,250 @@
+//! The HTTP endpoints.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bus::{ATTR_SCHEMA_VERSION, OutgoingMessage};
+use chrono::{DateTime, Utc};
+use orders::{
+    Money, Order, OrderRequest, OrderStatus, PaymentError, PaymentOutcome, RequestError, WIRE_VERSION,
+    WireMessage,
+};
+use serde::Serialize;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::MAX_BODY_BYTES;
+use crate::batcher::PublishError;
+use crate::error::ApiError;
+use crate::state::{AppState, Endpoint};
+
+/// The routes, for metric labels. Anything else is labelled `unmatched`, so a scan of random paths cannot
+/// create unbounded metric series.
+pub(crate) const ROUTES: [&str; 5] = ["/orders/async", "/orders/sync", "/health", "/stats", "/metrics"];
+
+/// The 202 answer of `POST /orders/async`.
+#[derive(Debug, Serialize)]
+struct Accepted {
+    order_id: Uuid,
+    status: OrderStatus,
+    message: &'static str,
+    accepted_at: DateTime<Utc>,
+}
+
+/// The 200 answer of `POST /orders/sync`.
+#[derive(Debug, Serialize)]
+struct Completed {
+    order_id: Uuid,
+    status: OrderStatus,
+    message: &'static str,
+    total: Money,
+    waited_ms: u64,
+}
+
+/// `POST /orders/async`: validate, publish, and answer 202 only once the bus has acknowledged the order.
+pub(crate) async fn accept_async(State(state): State<AppState>, request: Request) -> Response {
+    let counters = state.counters();
+    let result = async {
+        let _admitted = state.admit(Endpoint::Async)?;
+        let request = read_order(request).await.inspect_err(|_| count(&counters.async_invalid))?;
+        let wire = WireMessage::new(Order::new(request), Utc::now());
+        let message = OutgoingMessage::new(wire.to_json())
+            .with_attribute(ATTR_SCHEMA_VERSION, WIRE_VERSION.to_string());
+        state.batcher().publish(message).await.map_err(|error| {
+            count(&counters.async_failed);
+            publish_failed(error, &state)
+        })?;
+        count(&counters.async_accepted);
+        Ok::<_, ApiError>(Accepted {
+            order_id: wire.order.order_id,
+            status: wire.order.status,
+            message: "order accepted; it will be processed asynchronously",
+            accepted_at: wire.accepted_at,
+        })
+    }
+    .await;
+    match result {
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+fn publish_failed(error: PublishError, state: &AppState) -> ApiError {
+    let retry_after = state.config().retry_after;
+    match error {
+        PublishError::ShuttingDown => ApiError::unavailable(
+            "shutting_down",
+            "the receiver is shutting down; retry shortly",
+            retry_after,
+        ),
+        error => ApiError::unavailable(
+            "bus_unavailable",
+            format!("the order was not accepted because it could not be queued: {error}; retry later"),
+            retry_after,
+        ),
+    }
+}
+
+/// `POST /orders/sync`: validate, wait for the process-wide payment gate (up to the sync timeout), pay, answer.
+pub(crate) async fn pay_sync(State(state): State<AppState>, request: Request) -> Response {
+    let counters = state.counters();
+    let result = async {
+        let _admitted = state.admit(Endpoint::Sync)?;
+        let request = read_order(request).await.inspect_err(|_| count(&counters.sync_invalid))?;
+        let order = Order::new(request);
+        let deadline = Instant::now() + state.config().sync_timeout;
+        // If the client disconnects, this future is dropped and the payment leaves the gate's queue with it.
+        let payment = state.gate().pay_before(&order, deadline).await;
+        let waited = match &payment {
+            Ok(receipt) => Some(receipt.waited),
+            Err(PaymentError::DeadlineExceeded { waited }) => Some(*waited),
+            Err(PaymentError::GatewayUnavailable(_)) => None,
+        };
+        if let Some(waited) = waited {
+            metrics::histogram!("receiver_payment_gate_wait_seconds").record(waited.as_secs_f64());
+        }
+        match payment {
+            Ok(receipt) if receipt.outcome == PaymentOutcome::Approved => {
+                count(&counters.sync_completed);
+                Ok(Completed {
+                    order_id: order.order_id,
+                    status: OrderStatus::Completed,
+                    message: "payment completed",
+                    total: order.total,
+                    waited_ms: u64::try_from(receipt.waited.as_millis()).unwrap_or(u64::MAX),
+                })
+            }
+            Ok(_declined) => {
+                count(&counters.sync_declined);
+                Err(ApiError::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "payment_declined",
+                    format!("the payment for order {} was declined", order.order_id),
+                ))
+            }
+            Err(PaymentError::DeadlineExceeded { waited }) => {
+                count(&counters.sync_timed_out);
+                Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "payment_timeout",
+                    format!("no payment slot became free within {waited:?}; nothing was charged"),
+                ))
+            }
+            Err(PaymentError::GatewayUnavailable(reason)) => {
+                count(&counters.sync_unavailable);
+                Err(ApiError::unavailable(
+                    "payment_unavailable",
+                    format!("{reason}; nothing was charged, retry later"),
+                    state.config().retry_after,
+                ))
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(completed) => (StatusCode::OK, Json(completed)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Checks the content type, reads the body (at most [`MAX_BODY_BYTES`]) and validates it.
+async fn read_order(request: Request) -> Result<OrderRequest, ApiError> {
+    if !is_json(request.headers()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the order as JSON with `Content-Type: application/json`",
+        ));
+    }
+    let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", rejection.body_text())
+        }
+    })?;
+    OrderRequest::from_json(&body).map_err(|error| match error {
+        RequestError::Malformed(reason) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {reason}"),
+        ),
+        RequestError::Invalid(fields) => ApiError::validation(fields),
+    })
+}
+
+/// `application/json`, with or without parameters such as `charset=utf-8`.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// `GET /health`: cheap liveness for the load balancer and the container health check.
+pub(crate) async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /stats`: counters as JSON ([`crate::ReceiverStats`]).
+pub(crate) async fn stats(State(state): State<AppState>) -> Json<crate::ReceiverStats> {
+    Json(state.stats())
+}
+
+/// `GET /metrics`: the Prometheus text exposition of the recorder the binary installed.
+pub(crate) async fn metrics_text(State(state): State<AppState>) -> Response {
+    match state.metrics() {
+        Some(handle) => {
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+        }
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "metrics_disabled",
+            "no metrics recorder is installed in this process",
+        )
+        .into_response(),
+    }
+}
+
+/// Any other path.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// A known path with the wrong method (axum adds the `Allow` header).
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+/// Records every request's count and latency by route and status.
+pub(crate) async fn record_request(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let route = ROUTES.into_iter().find(|route| *route == path).unwrap_or("unmatched");
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_str().to_owned();
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::counter!("receiver_http_requests_total", "route" => route, "status" => status.clone())
+        .increment(1);
+    metrics::histogram!("receiver_http_request_duration_seconds", "route" => route, "status" => status)
+        .record(elapsed);
+    response
+}

@@ -1,0 +1,247 @@
+//! What every request shares: the config, the micro-batcher, the payment gate, admission limits and counters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bus::Publisher;
+use metrics_exporter_prometheus::PrometheusHandle;
+use orders::PaymentGate;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::Config;
+use crate::batcher::{BatcherSettings, PublishBatcher};
+use crate::error::ApiError;
+
+/// The receiver's shared state. Cheap to clone (an `Arc` inside).
+#[derive(Clone, Debug)]
+pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: Config,
+    batcher: PublishBatcher,
+    gate: PaymentGate,
+    metrics: Option<PrometheusHandle>,
+    started: std::time::Instant,
+    async_admission: Admission,
+    sync_admission: Admission,
+    counters: Counters,
+}
+
+/// A concurrency limit that sheds instead of queueing: a request either gets a permit at once or a 503.
+#[derive(Debug)]
+struct Admission {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Admission {
+    fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
+        Self { permits: Arc::new(Semaphore::new(limit)), limit }
+    }
+
+    fn in_flight(&self) -> u64 {
+        (self.limit - self.permits.available_permits()) as u64
+    }
+}
+
+/// Request outcomes, counted once each.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) async_accepted: AtomicU64,
+    pub(crate) async_failed: AtomicU64,
+    pub(crate) async_invalid: AtomicU64,
+    pub(crate) async_shed: AtomicU64,
+    pub(crate) sync_completed: AtomicU64,
+    pub(crate) sync_declined: AtomicU64,
+    pub(crate) sync_timed_out: AtomicU64,
+    pub(crate) sync_unavailable: AtomicU64,
+    pub(crate) sync_invalid: AtomicU64,
+    pub(crate) sync_shed: AtomicU64,
+}
+
+/// Which order endpoint a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Async,
+    Sync,
+}
+
+impl AppState {
+    /// Builds the state and starts the micro-batcher publishing to `publisher`. Must be called within a tokio
+    /// runtime. `metrics` is the handle of the Prometheus recorder the binary installed; `None` disables
+    /// `/metrics`.
+    pub fn new(config: Config, publisher: Arc<dyn Publisher>, metrics: Option<PrometheusHandle>) -> Self {
+        let batcher = PublishBatcher::start(
+            publisher,
+            BatcherSettings {
+                linger: config.batch_linger,
+                max_in_flight: config.max_batches_in_flight,
+                publish_timeout: config.publish_timeout,
+                queue_capacity: config.max_async_in_flight,
+            },
+        );
+        Self {
+            shared: Arc::new(Shared {
+                gate: PaymentGate::new(config.payment.clone()),
+                async_admission: Admission::new(config.max_async_in_flight),
+                sync_admission: Admission::new(config.max_sync_in_flight),
+                batcher,
+                metrics,
+                started: std::time::Instant::now(),
+                counters: Counters::default(),
+                config,
+            }),
+        }
+    }
+
+    /// The configuration the receiver runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The micro-batcher that publishes accepted orders.
+    pub fn batcher(&self) -> &PublishBatcher {
+        &self.shared.batcher
+    }
+
+    /// The process-wide payment gate behind `POST /orders/sync`.
+    pub fn gate(&self) -> &PaymentGate {
+        &self.shared.gate
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&PrometheusHandle> {
+        self.shared.metrics.as_ref()
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Lets a request in if its endpoint is under its concurrency limit; otherwise a fast 503 with
+    /// `Retry-After`. The permit is held until the response is ready (or the client goes away).
+    pub(crate) fn admit(&self, endpoint: Endpoint) -> Result<OwnedSemaphorePermit, ApiError> {
+        let (admission, shed) = match endpoint {
+            Endpoint::Async => (&self.shared.async_admission, &self.shared.counters.async_shed),
+            Endpoint::Sync => (&self.shared.sync_admission, &self.shared.counters.sync_shed),
+        };
+        admission.permits.clone().try_acquire_owned().map_err(|_| {
+            shed.fetch_add(1, Ordering::Relaxed);
+            ApiError::unavailable(
+                "overloaded",
+                format!(
+                    "the receiver is at its limit of {} concurrent requests; retry later",
+                    admission.limit
+                ),
+                self.shared.config.retry_after,
+            )
+        })
+    }
+
+    /// A snapshot of the counters, as served by `GET /stats`.
+    pub fn stats(&self) -> ReceiverStats {
+        let shared = &*self.shared;
+        let counters = &shared.counters;
+        let publish = shared.batcher.counters();
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let async_in_flight = shared.async_admission.in_flight();
+        let sync_in_flight = shared.sync_admission.in_flight();
+        ReceiverStats {
+            mode: shared.config.mode.clone(),
+            uptime_seconds: shared.started.elapsed().as_secs_f64(),
+            in_flight: async_in_flight + sync_in_flight,
+            async_orders: AsyncStats {
+                accepted: load(&counters.async_accepted),
+                published: load(&publish.published),
+                failed: load(&counters.async_failed),
+                invalid: load(&counters.async_invalid),
+                shed: load(&counters.async_shed),
+                in_flight: async_in_flight,
+                publish_calls: load(&publish.calls),
+                publish_failures: load(&publish.failed),
+                abandoned: load(&publish.abandoned),
+            },
+            sync_orders: SyncStats {
+                completed: load(&counters.sync_completed),
+                declined: load(&counters.sync_declined),
+                timed_out: load(&counters.sync_timed_out),
+                unavailable: load(&counters.sync_unavailable),
+                invalid: load(&counters.sync_invalid),
+                shed: load(&counters.sync_shed),
+                in_flight: sync_in_flight,
+                gate_waiting: shared.gate.waiting() as u64,
+                gate_busy: shared.gate.busy() as u64,
+                gate_slots: shared.gate.slots() as u64,
+            },
+        }
+    }
+}
+
+/// What `GET /stats` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiverStats {
+    /// The bus orders are published to (`embedded` or `aws`), from [`Config::mode`].
+    pub mode: String,
+    /// Seconds since the state was created.
+    pub uptime_seconds: f64,
+    /// Order requests being handled right now, both endpoints.
+    pub in_flight: u64,
+    /// `POST /orders/async`.
+    #[serde(rename = "async")]
+    pub async_orders: AsyncStats,
+    /// `POST /orders/sync`.
+    #[serde(rename = "sync")]
+    pub sync_orders: SyncStats,
+}
+
+/// Counters of `POST /orders/async` and its publishing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsyncStats {
+    /// Answered 202: published and acknowledged.
+    pub accepted: u64,
+    /// Messages the broker acknowledged. Can exceed `accepted` when a client left before its answer.
+    pub published: u64,
+    /// Answered 503 because the publish failed or timed out.
+    pub failed: u64,
+    /// Answered 400, 413, 415 or 422.
+    pub invalid: u64,
+    /// Answered 503 at once because the endpoint was at its concurrency limit.
+    pub shed: u64,
+    /// Being handled right now.
+    pub in_flight: u64,
+    /// Publish calls made; `published / publish_calls` is the mean batch size.
+    pub publish_calls: u64,
+    /// Messages the broker refused or whose call failed or timed out.
+    pub publish_failures: u64,
+    /// Messages dropped unsent because their client had already gone.
+    pub abandoned: u64,
+}
+
+/// Counters of `POST /orders/sync` and its payment gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStats {
+    /// Answered 200: paid.
+    pub completed: u64,
+    /// Answered 402: the payment was declined.
+    pub declined: u64,
+    /// Answered 504: no payment slot within the sync timeout.
+    pub timed_out: u64,
+    /// Answered 503: the payment gateway failed.
+    pub unavailable: u64,
+    /// Answered 400, 413, 415 or 422.
+    pub invalid: u64,
+    /// Answered 503 at once because the endpoint was at its concurrency limit.
+    pub shed: u64,
+    /// Being handled right now (most of them waiting for the gate).
+    pub in_flight: u64,
+    /// Payments waiting for a gate slot right now.
+    pub gate_waiting: u64,
+    /// Gate slots taking a payment right now.
+    pub gate_busy: u64,
+    /// Gate slots in all.
+    pub gate_slots: u64,
+}
