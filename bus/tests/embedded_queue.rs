@@ -45,11 +45,17 @@ fn depth(queue: &EmbeddedQueue) -> (u64, u64) {
 }
 
 fn assert_invalid_handle<T: std::fmt::Debug>(result: Result<T, BusError>) {
-    assert!(matches!(result, Err(BusError::ReceiptHandleInvalid(_))), "expected ReceiptHandleInvalid, got {result:?}");
+    assert!(
+        matches!(result, Err(BusError::ReceiptHandleInvalid(_))),
+        "expected ReceiptHandleInvalid, got {result:?}"
+    );
 }
 
 fn assert_invalid_parameter<T: std::fmt::Debug>(result: Result<T, BusError>) {
-    assert!(matches!(result, Err(BusError::InvalidParameter(_))), "expected InvalidParameter, got {result:?}");
+    assert!(
+        matches!(result, Err(BusError::InvalidParameter(_))),
+        "expected InvalidParameter, got {result:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -165,7 +171,9 @@ async fn visibility_is_capped_at_twelve_hours() {
     queue.send(OutgoingMessage::new("m")).unwrap();
     let received = receive_one(&queue).await;
     let handle = received.receipt_handle;
-    assert_invalid_parameter(queue.change_visibility(handle.clone(), MAX_VISIBILITY + Duration::from_secs(1)).await);
+    assert_invalid_parameter(
+        queue.change_visibility(handle.clone(), MAX_VISIBILITY + Duration::from_secs(1)).await,
+    );
     queue.change_visibility(handle.clone(), MAX_VISIBILITY - Duration::from_secs(10)).await.unwrap();
     // 12 h in total since the receive, like SQS: 10 s in, a further 12 h would pass it.
     advance(Duration::from_secs(10)).await;
@@ -255,15 +263,16 @@ async fn send_to_dead_letter_goes_to_the_redrive_target() {
 #[tokio::test(start_paused = true)]
 async fn send_to_dead_letter_without_a_redrive_policy_is_an_error() {
     let result = queue().send_to_dead_letter(OutgoingMessage::new("bad")).await;
-    assert!(matches!(&result, Err(BusError::Fatal { code, .. }) if code == "NoDeadLetterQueue"), "{result:?}");
+    assert!(
+        matches!(&result, Err(BusError::Fatal { code, .. }) if code == "NoDeadLetterQueue"),
+        "{result:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn messages_past_retention_vanish_whether_visible_or_in_flight() {
-    let queue = EmbeddedQueue::new(
-        "q",
-        QueueConfig { retention: Duration::from_secs(60), ..QueueConfig::default() },
-    );
+    let queue =
+        EmbeddedQueue::new("q", QueueConfig { retention: Duration::from_secs(60), ..QueueConfig::default() });
     queue.send(OutgoingMessage::new("in flight")).unwrap();
     let received = receive_one(&queue).await;
     queue.send(OutgoingMessage::new("visible")).unwrap();
@@ -293,7 +302,12 @@ async fn stats_count_visible_in_flight_oldest_age_and_dead_letters() {
     let stats = queue.stats().await.unwrap();
     assert_eq!(
         stats,
-        QueueStats { visible: 2, in_flight: 1, oldest_age: Some(Duration::from_secs(7)), dead_letter: Some(1) }
+        QueueStats {
+            visible: 2,
+            in_flight: 1,
+            oldest_age: Some(Duration::from_secs(7)),
+            dead_letter: Some(1)
+        }
     );
     assert_eq!(stats.backlog(), 3);
     assert_eq!(dead_letter.stats_now().dead_letter, None, "the DLQ has no DLQ of its own");
@@ -380,7 +394,10 @@ async fn injected_failures_fail_every_port_call_and_keep_the_messages() {
 
     assert_eq!(queue.receive(1, Duration::from_secs(5)).await, Err(failure.clone()));
     assert_eq!(queue.delete(received.receipt_handle.clone()).await, Err(failure.clone()));
-    assert_eq!(queue.change_visibility(received.receipt_handle.clone(), Duration::ZERO).await, Err(failure.clone()));
+    assert_eq!(
+        queue.change_visibility(received.receipt_handle.clone(), Duration::ZERO).await,
+        Err(failure.clone())
+    );
     assert_eq!(queue.send_to_dead_letter(OutgoingMessage::new("x")).await, Err(failure.clone()));
     assert_eq!(queue.stats().await, Err(failure.clone()));
     assert_eq!(queue.send(OutgoingMessage::new("x")), Err(failure.clone()));

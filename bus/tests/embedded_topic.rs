@@ -108,7 +108,10 @@ async fn publish_refuses_messages_over_256_kib() {
     let queue = queue("orders");
     topic.subscribe(&queue, Delivery::Raw);
     let result = topic.publish(OutgoingMessage::new("x".repeat(MAX_MESSAGE_BYTES + 1))).await;
-    assert_eq!(result, Err(BusError::MessageTooLarge { size: MAX_MESSAGE_BYTES + 1, limit: MAX_MESSAGE_BYTES }));
+    assert_eq!(
+        result,
+        Err(BusError::MessageTooLarge { size: MAX_MESSAGE_BYTES + 1, limit: MAX_MESSAGE_BYTES })
+    );
     topic.publish(OutgoingMessage::new("x".repeat(MAX_MESSAGE_BYTES))).await.unwrap();
     assert_eq!(queue.stats_now().visible, 1);
 }
@@ -175,7 +178,11 @@ async fn the_stack_is_wired_like_terraform() {
     assert_eq!(config.dead_letter_retention, Duration::from_secs(14 * 86_400));
 
     let stack = EmbeddedStack::new(config);
-    let id = stack.topic.publish(OutgoingMessage::new("order").with_attribute("schema_version", "1")).await.unwrap();
+    let id = stack
+        .topic
+        .publish(OutgoingMessage::new("order").with_attribute("schema_version", "1"))
+        .await
+        .unwrap();
     // Raw delivery: the body arrives as published.
     for count in 1..=5 {
         let received = receive_one(&stack.queue).await;

@@ -266,7 +266,8 @@ impl EmbeddedQueue {
             (received, state.next_deadline())
         };
         if !dead.is_empty() {
-            let redrive = self.shared.redrive.as_ref().expect("messages are only moved under a redrive policy");
+            let redrive =
+                self.shared.redrive.as_ref().expect("messages are only moved under a redrive policy");
             redrive.dead_letter.accept_dead_letters(dead);
         }
         Ok((received, next_deadline))
@@ -340,8 +341,7 @@ impl Consumer for EmbeddedQueue {
             state.check_failure()?;
             state.expire(now);
             let earliest_before = state.next_deadline();
-            let results: Vec<_> =
-                changes.iter().map(|change| state.change_visibility(change, now)).collect();
+            let results: Vec<_> = changes.iter().map(|change| state.change_visibility(change, now)).collect();
             (results, state.next_deadline() < earliest_before)
         };
         if wake_receivers {
@@ -447,7 +447,12 @@ impl QueueState {
     }
 
     /// Receives up to `max` visible messages; messages already received `max_receive_count` times go to `dead`.
-    fn take_visible(&mut self, max: usize, now: Instant, dead: &mut Vec<StoredMessage>) -> Vec<ReceivedMessage> {
+    fn take_visible(
+        &mut self,
+        max: usize,
+        now: Instant,
+        dead: &mut Vec<StoredMessage>,
+    ) -> Vec<ReceivedMessage> {
         let mut received = Vec::new();
         while received.len() < max {
             let Some(seq) = self.visible.pop_front() else { break };
@@ -482,9 +487,10 @@ impl QueueState {
 
     /// Finds the message a handle refers to, if the handle is for this queue and is the latest receive.
     fn resolve(&self, handle: &ReceiptHandle) -> Result<u64, BusError> {
-        let receipt = Receipt::decode(&handle.0)
-            .filter(|receipt| receipt.tag == self.rules.tag)
-            .ok_or_else(|| BusError::ReceiptHandleInvalid(format!("{handle} is not a handle of this queue")))?;
+        let receipt =
+            Receipt::decode(&handle.0).filter(|receipt| receipt.tag == self.rules.tag).ok_or_else(|| {
+                BusError::ReceiptHandleInvalid(format!("{handle} is not a handle of this queue"))
+            })?;
         match self.messages.get(&receipt.seq) {
             Some(message) if message.receive_count == receipt.receive_count => Ok(receipt.seq),
             Some(_) => Err(BusError::ReceiptHandleInvalid(format!(
@@ -537,7 +543,10 @@ impl QueueState {
         QueueStats {
             visible: self.visible_count as u64,
             in_flight: self.in_flight.len() as u64,
-            oldest_age: self.by_age.first().map(|&(enqueued_at, _)| now.saturating_duration_since(enqueued_at)),
+            oldest_age: self
+                .by_age
+                .first()
+                .map(|&(enqueued_at, _)| now.saturating_duration_since(enqueued_at)),
             dead_letter: None,
         }
     }

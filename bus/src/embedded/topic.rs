@@ -12,7 +12,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::queue::{check_message_size, message_id};
-use crate::{BusError, EntryResult, MAX_MESSAGE_BYTES, MessageId, OutgoingMessage, Publisher, check_batch_size};
+use crate::{
+    BusError, EntryResult, MAX_MESSAGE_BYTES, MessageId, OutgoingMessage, Publisher, check_batch_size,
+};
 
 /// The account and region in the ARNs the embedded topic makes up (the ones moto and LocalStack use).
 const ARN_PREFIX: &str = "arn:aws:sns:us-east-1:000000000000";
@@ -94,7 +96,8 @@ impl EmbeddedTopic {
 
     /// Publishes one message that has passed the checks, to every subscription.
     fn fan_out(&self, state: &TopicState, message: OutgoingMessage) -> MessageId {
-        let id = message_id(self.shared.tag, self.shared.next_seq.fetch_add(1, Ordering::Relaxed)).to_string();
+        let id =
+            message_id(self.shared.tag, self.shared.next_seq.fetch_add(1, Ordering::Relaxed)).to_string();
         let sent_at = SystemTime::now();
         let Some((last, others)) = state.subscriptions.split_last() else { return id };
         for subscription in others {
@@ -155,10 +158,7 @@ impl Publisher for EmbeddedTopic {
         if total > MAX_MESSAGE_BYTES {
             return Err(BusError::MessageTooLarge { size: total, limit: MAX_MESSAGE_BYTES });
         }
-        Ok(messages
-            .into_iter()
-            .map(|message| Ok(self.fan_out(&state, message)))
-            .collect())
+        Ok(messages.into_iter().map(|message| Ok(self.fan_out(&state, message))).collect())
     }
 }
 
