@@ -1,0 +1,505 @@
+#!/usr/bin/env python3
+"""Assertions for scripts/check-deploy.sh: what terraform built on moto, and what it plans.
+
+  smoke OUTPUTS_JSON ENDPOINT MAX_RECEIVE_COUNT
+      Talks to the stack terraform applied on moto with boto3 (a real AWS SDK): publishes to the
+      created topic and receives from the created queue, drives a poison message into the DLQ,
+      and compares queue/topic/subscription/ECS/ALB/IAM/alarm settings with what the services need.
+  binaries OUTPUTS_JSON ENDPOINT RECEIVER_BINARY WORKER_BINARY
+      Runs the real receiver and worker with the environment of their ECS task definitions (read back
+      from moto), checks them with their container health check (--check-health), sends one order
+      through receiver -> topic -> queue -> worker, and stops both with SIGTERM as ECS does.
+  plan-scaling PLAN_JSON
+      The plan to re-enable the parts the moto apply left out (autoscaling, DLQ redrive-allow):
+      exactly those resources are created, with the right metric math, and nothing drifts except
+      attributes moto does not round-trip.
+  plan-variants PLAN_JSON
+      The plan with egress_mode=endpoints and a certificate: VPC endpoints replace the NAT gateway,
+      an HTTPS listener appears and port 80 redirects to it.
+
+Each assertion prints "ok" or "FAIL"; the exit status is 1 if any failed.
+"""
+
+import json
+import sys
+import time
+
+QUEUE_RETENTION = 4 * 24 * 3600  # the issue: 4 days
+DLQ_RETENTION = 14 * 24 * 3600  # the issue: 14 days
+RECEIVE_WAIT = 20  # the issue: long polling, 20 s
+
+# Attributes moto does not return after create, so the provider sees a difference on every plan.
+# Anything else changing in place is real drift and fails the check.
+MOTO_ROUND_TRIP_GAPS = {
+    "aws_ecs_service": {"health_check_grace_period_seconds", "availability_zone_rebalancing"},
+    "aws_sqs_queue": {"redrive_policy"},  # only if the JSON is equal after parsing (whitespace)
+    "aws_vpc_security_group_ingress_rule": {"referenced_security_group_id", "description"},
+    "aws_vpc_security_group_egress_rule": {"referenced_security_group_id", "description"},
+}
+
+
+class Checks:
+    """Collects named assertions; a failed one is reported, never raised, so all are shown."""
+
+    def __init__(self):
+        self.failed = 0
+
+    def check(self, name, condition, detail=""):
+        if condition:
+            print(f"    ok    {name}")
+        else:
+            self.failed += 1
+            print(f"    FAIL  {name}" + (f": {detail}" if detail else ""))
+        return condition
+
+    def equal(self, name, actual, expected):
+        return self.check(name, actual == expected, f"expected {expected!r}, got {actual!r}")
+
+    def exit(self):
+        sys.exit(1 if self.failed else 0)
+
+
+# --- smoke: the applied stack on moto ---------------------------------------------------------
+
+
+def smoke(outputs_path, endpoint, max_receive_count):
+    import boto3  # ships with moto, installed in the check's venv
+
+    outputs = {key: value["value"] for key, value in json.load(open(outputs_path)).items()}
+    session = boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+    sns, sqs, ecs, elbv2, iam, cloudwatch = (
+        session.client(service, endpoint_url=endpoint)
+        for service in ("sns", "sqs", "ecs", "elbv2", "iam", "cloudwatch")
+    )
+    c = Checks()
+    topic_arn, queue_url, dlq_url = outputs["orders_topic_arn"], outputs["orders_queue_url"], outputs["orders_dlq_url"]
+
+    def attributes(url):
+        return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+
+    queue, dlq = attributes(queue_url), attributes(dlq_url)
+
+    print("  messaging: publish to the topic, receive from the queue")
+    body = json.dumps({"v": 1, "check": "deploy", "sent_at": time.time()})
+    sns.publish(
+        TopicArn=topic_arn,
+        Message=body,
+        MessageAttributes={"schema_version": {"DataType": "Number", "StringValue": "1"}},
+    )
+    received = sqs.receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=5, MessageAttributeNames=["All"]
+    ).get("Messages", [])
+    c.equal("exactly one message arrives", len(received), 1)
+    if received:
+        message = received[0]
+        c.equal("raw delivery: body is the published message, no SNS envelope", message["Body"], body)
+        c.equal(
+            "message attributes survive raw delivery",
+            message.get("MessageAttributes", {}).get("schema_version", {}).get("StringValue"),
+            "1",
+        )
+        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    print(f"  messaging: a poison message reaches the DLQ after {max_receive_count} receives")
+    sns.publish(TopicArn=topic_arn, Message="poison")
+    receives = 0
+    for _ in range(max_receive_count + 1):
+        got = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=2, VisibilityTimeout=0).get("Messages", [])
+        receives += len(got)
+    c.equal(f"received {max_receive_count} times, then gone from the queue", receives, max_receive_count)
+    dead = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=2).get("Messages", [])
+    c.equal("the DLQ holds the poison message", [m["Body"] for m in dead], ["poison"])
+
+    print("  messaging: queue, DLQ, topic and subscription settings")
+    redrive = json.loads(queue.get("RedrivePolicy", "{}"))
+    c.equal("redrive target is the DLQ", redrive.get("deadLetterTargetArn"), dlq["QueueArn"])
+    c.equal("redrive maxReceiveCount", int(redrive.get("maxReceiveCount", -1)), max_receive_count)
+    c.equal("queue retention 4 days", int(queue["MessageRetentionPeriod"]), QUEUE_RETENTION)
+    c.equal("queue receive wait 20 s", int(queue["ReceiveMessageWaitTimeSeconds"]), RECEIVE_WAIT)
+    c.check("queue visibility timeout 30 s or more", int(queue["VisibilityTimeout"]) >= 30, queue["VisibilityTimeout"])
+    c.equal("DLQ retention 14 days", int(dlq["MessageRetentionPeriod"]), DLQ_RETENTION)
+    c.equal("queue SSE-SQS", queue.get("SqsManagedSseEnabled"), "true")
+    c.equal("DLQ SSE-SQS", dlq.get("SqsManagedSseEnabled"), "true")
+    statements = json.loads(queue.get("Policy", '{"Statement": []}'))["Statement"]
+    c.equal("queue policy has one statement", len(statements), 1)
+    if statements:
+        statement = statements[0]
+        c.equal("queue policy principal", statement.get("Principal"), {"Service": "sns.amazonaws.com"})
+        c.equal("queue policy action", statement.get("Action"), "sqs:SendMessage")
+        c.equal("queue policy resource", statement.get("Resource"), queue["QueueArn"])
+        c.equal(
+            "queue policy allows only this topic (aws:SourceArn)",
+            statement.get("Condition"),
+            {"ArnEquals": {"aws:SourceArn": topic_arn}},
+        )
+    topic = sns.get_topic_attributes(TopicArn=topic_arn)["Attributes"]
+    c.check("topic SSE with the stack KMS key", topic.get("KmsMasterKeyId", "").startswith("arn:aws:kms:"), topic)
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
+    c.equal(
+        "one subscription: SQS to the orders queue",
+        [(s["Protocol"], s["Endpoint"]) for s in subscriptions],
+        [("sqs", queue["QueueArn"])],
+    )
+    if subscriptions:
+        attrs = sns.get_subscription_attributes(SubscriptionArn=subscriptions[0]["SubscriptionArn"])["Attributes"]
+        c.equal("subscription raw message delivery", attrs.get("RawMessageDelivery"), "true")
+
+    print("  ecs: services, task definitions and their environment (apis.md names)")
+    cluster = outputs["ecs_cluster_name"]
+    names = outputs["ecs_service_names"]
+    services = {
+        s["serviceName"]: s
+        for s in ecs.describe_services(cluster=cluster, services=list(names.values()))["services"]
+    }
+    c.equal("both services exist", sorted(services), sorted(names.values()))
+    expected_env = {
+        "receiver": {"PORT": "8080", "ORDERS_TOPIC_ARN": topic_arn, "LOG_FORMAT": "json", "PAYMENT_LATENCY": "3s"},
+        "worker": {
+            "PORT": "8081",
+            "ORDERS_QUEUE_URL": queue_url,
+            "ORDERS_DLQ_URL": dlq_url,
+            "WORKER_CONSUMERS": "10",
+            "GATE_MODE": "per-consumer",
+            "VISIBILITY_TIMEOUT": queue["VisibilityTimeout"] + "s",
+            "MAX_RECEIVE_COUNT": str(max_receive_count),
+            "LOG_FORMAT": "json",
+            "PAYMENT_LATENCY": "3s",
+        },
+    }
+    role_arns = {}
+    for service, name in names.items():
+        if name not in services:
+            continue
+        ecs_service = services[name]
+        c.equal(
+            f"{service}: no public IP",
+            ecs_service["networkConfiguration"]["awsvpcConfiguration"].get("assignPublicIp"),
+            "DISABLED",
+        )
+        task = ecs.describe_task_definition(taskDefinition=ecs_service["taskDefinition"])["taskDefinition"]
+        role_arns[service] = task.get("taskRoleArn")
+        c.check(f"{service}: own task role, separate from the execution role",
+                task.get("taskRoleArn") and task.get("taskRoleArn") != task.get("executionRoleArn"))
+        c.equal(f"{service}: Fargate 256 CPU / 512 MB", (task.get("cpu"), task.get("memory")), ("256", "512"))
+        container = task["containerDefinitions"][0]
+        env = {pair["name"]: pair["value"] for pair in container.get("environment", [])}
+        for key, value in expected_env[service].items():
+            c.equal(f"{service}: env {key}", env.get(key), value)
+        c.equal(
+            f"{service}: container health check runs the binary's --check-health",
+            container.get("healthCheck", {}).get("command"),
+            ["CMD", f"/usr/local/bin/{service}", "--check-health"],
+        )
+        c.equal(f"{service}: port mapping", [p["containerPort"] for p in container["portMappings"]], [int(env.get("PORT", 0))])
+        c.equal(f"{service}: awslogs", container.get("logConfiguration", {}).get("logDriver"), "awslogs")
+        c.check(f"{service}: read-only root filesystem", container.get("readonlyRootFilesystem") is True)
+
+    print("  alb: target group on /health, listener on 80")
+    receiver = services.get(names["receiver"], {})
+    balancers = receiver.get("loadBalancers", [])
+    c.equal("receiver registered behind the ALB on 8080", [(b["containerName"], b["containerPort"]) for b in balancers], [("receiver", 8080)])
+    if balancers:
+        group = elbv2.describe_target_groups(TargetGroupArns=[balancers[0]["targetGroupArn"]])["TargetGroups"][0]
+        c.equal("target group health check path", group.get("HealthCheckPath"), "/health")
+        c.equal("target group port and type", (group.get("Port"), group.get("TargetType")), (8080, "ip"))
+        listeners = elbv2.describe_listeners(LoadBalancerArn=group["LoadBalancerArns"][0])["Listeners"]
+        c.equal(
+            "listener 80 forwards to the receiver",
+            [(l["Port"], l["DefaultActions"][0].get("TargetGroupArn")) for l in listeners],
+            [(80, group["TargetGroupArn"])],
+        )
+        c.check("alb_url output names the ALB", outputs["alb_url"].startswith("http://"), outputs["alb_url"])
+
+    print("  iam: least privilege of the task roles")
+
+    def statements_of(role_arn):
+        role = role_arn.split("/")[-1]
+        found = []
+        for policy in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+            document = iam.get_role_policy(RoleName=role, PolicyName=policy)["PolicyDocument"]
+            document = json.loads(document) if isinstance(document, str) else document
+            found += document["Statement"]
+        c.equal(f"{role}: no managed policies", iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"], [])
+        return {tuple(sorted([s["Action"]] if isinstance(s["Action"], str) else s["Action"])): s["Resource"] for s in found}
+
+    if "receiver" in role_arns:
+        receiver_grants = statements_of(role_arns["receiver"])
+        c.equal("receiver may only sns:Publish to the orders topic", receiver_grants.get(("sns:Publish",)), topic_arn)
+        c.equal("receiver has nothing but publish + the topic's KMS data key", len(receiver_grants), 2)
+    if "worker" in role_arns:
+        worker_grants = statements_of(role_arns["worker"])
+        c.equal(
+            "worker consumes only the orders queue",
+            worker_grants.get(("sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage")),
+            queue["QueueArn"],
+        )
+        c.equal("worker sends only to its DLQ", worker_grants.get(("sqs:GetQueueAttributes", "sqs:SendMessage")), dlq["QueueArn"])
+        c.equal("worker has no other grants", len(worker_grants), 2)
+
+    print("  cloudwatch: alarms")
+    alarms = {a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNamePrefix=cluster + "-")["MetricAlarms"]}
+
+    def alarm(suffix):
+        return alarms.get(f"{cluster}-{suffix}", {})
+
+    def dimensions(found):
+        return {d["Name"]: d["Value"] for d in found.get("Dimensions", [])}
+
+    queue_name, dlq_name = queue["QueueArn"].split(":")[-1], dlq["QueueArn"].split(":")[-1]
+    for level in ("warning", "critical"):
+        found = alarm(f"orders-backlog-{level}")
+        c.equal(f"backlog {level} alarm on the queue's visible messages",
+                (found.get("MetricName"), dimensions(found)), ("ApproximateNumberOfMessagesVisible", {"QueueName": queue_name}))
+    c.check("critical threshold above warning",
+            alarm("orders-backlog-critical").get("Threshold", 0) > alarm("orders-backlog-warning").get("Threshold", 0))
+    found = alarm("orders-oldest-message-age")
+    c.equal("oldest message age alarm", (found.get("MetricName"), dimensions(found)), ("ApproximateAgeOfOldestMessage", {"QueueName": queue_name}))
+    found = alarm("orders-dlq-not-empty")
+    c.equal("DLQ not empty alarm: visible > 0 on the DLQ",
+            (found.get("MetricName"), dimensions(found), found.get("Threshold"), found.get("ComparisonOperator")),
+            ("ApproximateNumberOfMessagesVisible", {"QueueName": dlq_name}, 0.0, "GreaterThanThreshold"))
+    c.exit()
+
+
+# --- binaries: the real receiver and worker, configured exactly as ECS would configure them -----
+
+
+def task_environment(ecs, cluster, service):
+    """The environment ECS injects into the service's container, read back from the task definition."""
+    ecs_service = ecs.describe_services(cluster=cluster, services=[service])["services"][0]
+    task = ecs.describe_task_definition(taskDefinition=ecs_service["taskDefinition"])["taskDefinition"]
+    return {pair["name"]: pair["value"] for pair in task["containerDefinitions"][0]["environment"]}
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def binaries(outputs_path, endpoint, receiver_binary, worker_binary):
+    """Runs both binaries against the moto stack with their task definitions' environment. Only what a
+    laptop needs differs from ECS: the AWS endpoint and test keys, and a free loopback port."""
+    import os
+    import signal
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    import boto3
+
+    outputs = {key: value["value"] for key, value in json.load(open(outputs_path)).items()}
+    session = boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+    ecs, sqs = session.client("ecs", endpoint_url=endpoint), session.client("sqs", endpoint_url=endpoint)
+    cluster, names = outputs["ecs_cluster_name"], outputs["ecs_service_names"]
+    queue_url = outputs["orders_queue_url"]
+    c = Checks()
+    local = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "BIND_ADDR": "127.0.0.1",
+    }
+    env = {service: {**task_environment(ecs, cluster, names[service]), **local, "PORT": str(free_port())}
+           for service in ("receiver", "worker")}
+    binary = {"receiver": receiver_binary, "worker": worker_binary}
+    running = {}
+
+    def health_check(service):
+        """The container health check, verbatim: the binary with --check-health."""
+        return subprocess.run([binary[service], "--check-health"], env=env[service], capture_output=True, timeout=10).returncode
+
+    def wait_healthy(service):
+        for _ in range(50):
+            if running[service].poll() is not None:
+                return False
+            if health_check(service) == 0:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def get_json(service, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{env[service]['PORT']}{path}", timeout=5) as response:
+            return json.load(response)
+
+    def start(service):
+        log = open(f"{os.path.dirname(os.path.abspath(outputs_path))}/{service}.log", "w")
+        running[service] = subprocess.Popen([binary[service]], env=env[service], stdout=log, stderr=subprocess.STDOUT)
+
+    try:
+        print("  receiver: task-definition environment, health check, an order to the created topic")
+        c.equal("worker --check-health fails while nothing listens", health_check("worker"), 1)
+        start("receiver")
+        c.check("receiver --check-health passes", wait_healthy("receiver"), "see receiver.log")
+        order = json.dumps({"customer_id": 4242, "items": [{"product_id": "PROD-001", "quantity": 2, "price": 49.99}]})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{env['receiver']['PORT']}/orders/async",
+            data=order.encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status = response.status
+        except urllib.error.HTTPError as error:
+            status = error.code
+        c.equal("POST /orders/async answers 202", status, 202)
+
+        print("  worker: task-definition environment, health check, the order settled")
+        start("worker")
+        c.check("worker --check-health passes", wait_healthy("worker"), "see worker.log")
+        settled = 0
+        for _ in range(60):  # one payment takes PAYMENT_LATENCY (3 s)
+            stats = get_json("worker", "/stats")
+            settled = stats.get("completed", 0) + stats.get("declined", 0)
+            if settled:
+                break
+            time.sleep(0.5)
+        c.equal("the worker settled the order from the created queue", settled, 1)
+        counts = sqs.get_queue_attributes(
+            QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        c.equal("the queue is empty afterwards", counts, {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"})
+
+        print("  shutdown: SIGTERM, as ECS stops a task")
+        for service, process in running.items():
+            process.send_signal(signal.SIGTERM)
+        for service, process in running.items():
+            try:
+                code = process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                code = "still running after 30 s (ECS stopTimeout)"
+            c.equal(f"{service} exits 0 within the 30 s stop timeout", code, 0)
+    finally:
+        for process in running.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    c.exit()
+
+
+# --- plans -----------------------------------------------------------------------------------
+
+
+def changes_by_action(plan):
+    """{address: change} for every resource whose plan is not a no-op."""
+    return {rc["address"]: rc for rc in plan["resource_changes"] if rc["change"]["actions"] not in (["no-op"], ["read"])}
+
+
+def prior_values(plan, address):
+    for resource in plan.get("prior_state", {}).get("values", {}).get("root_module", {}).get("resources", []):
+        if resource["address"] == address:
+            return resource["values"]
+    return {}
+
+
+def plan_scaling(plan_path):
+    plan = json.load(open(plan_path))
+    variables = {key: value["value"] for key, value in plan["variables"].items()}
+    changes = changes_by_action(plan)
+    c = Checks()
+    expected_creates = {
+        "aws_appautoscaling_target.worker[0]",
+        "aws_appautoscaling_policy.worker_backlog_per_task[0]",
+        "aws_sqs_queue_redrive_allow_policy.orders_dlq",
+    }
+    creates = {a for a, rc in changes.items() if rc["change"]["actions"] == ["create"]}
+    c.equal("creates exactly the autoscaling target, its policy and the DLQ redrive-allow policy", creates, expected_creates)
+    others = {a: rc["change"]["actions"] for a, rc in changes.items() if a not in expected_creates}
+    c.equal("nothing is destroyed or replaced", {a: x for a, x in others.items() if x != ["update"]}, {})
+    for address, rc in changes.items():
+        if rc["change"]["actions"] != ["update"]:
+            continue
+        before, after = rc["change"]["before"], rc["change"]["after"]
+        changed = {key for key in set(before) | set(after) if before.get(key) != after.get(key) and key != "tags_all"}
+        allowed = MOTO_ROUND_TRIP_GAPS.get(rc["type"], set())
+        real = changed - allowed
+        if "redrive_policy" in changed and json.loads(before["redrive_policy"]) != json.loads(after["redrive_policy"]):
+            real.add("redrive_policy")
+        c.check(f"no drift on {address} beyond moto's round-trip gaps {sorted(changed & allowed)}", not real, sorted(real))
+
+    target = changes.get("aws_appautoscaling_target.worker[0]", {}).get("change", {}).get("after", {})
+    worker_service = prior_values(plan, "aws_ecs_service.worker")
+    cluster = prior_values(plan, "aws_ecs_cluster.main")
+    orders = prior_values(plan, "aws_sqs_queue.orders")
+    dlq = prior_values(plan, "aws_sqs_queue.orders_dlq")
+    c.equal("scalable target is the worker service's desired count",
+            (target.get("service_namespace"), target.get("scalable_dimension"), target.get("resource_id")),
+            ("ecs", "ecs:service:DesiredCount", f"service/{cluster.get('name')}/{worker_service.get('name')}"))
+    c.equal("min/max tasks from variables", (target.get("min_capacity"), target.get("max_capacity")),
+            (variables["worker_min_count"], variables["worker_max_count"]))
+
+    policy = changes.get("aws_appautoscaling_policy.worker_backlog_per_task[0]", {}).get("change", {}).get("after", {})
+    c.equal("policy type", policy.get("policy_type"), "TargetTrackingScaling")
+    tracking = (policy.get("target_tracking_scaling_policy_configuration") or [{}])[0]
+    expected_target = variables["acceptable_latency_seconds"] * variables["worker_consumers"] / variables["payment_latency_seconds"]
+    c.equal("target = acceptable latency x consumers / processing time", tracking.get("target_value"), expected_target)
+    metrics = {m["id"]: m for m in (tracking.get("customized_metric_specification") or [{}])[0].get("metrics", [])}
+
+    def metric(identifier):
+        stat = (metrics.get(identifier, {}).get("metric_stat") or [{}])[0]
+        found = (stat.get("metric") or [{}])[0]
+        dims = {d["name"]: d["value"] for d in found.get("dimensions", [])}
+        return found.get("namespace"), found.get("metric_name"), dims
+
+    c.equal("metric 'visible': the orders queue's visible messages", metric("visible"),
+            ("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": orders.get("name")}))
+    c.equal("metric 'tasks': running worker tasks (Container Insights)", metric("tasks"),
+            ("ECS/ContainerInsights", "RunningTaskCount", {"ClusterName": cluster.get("name"), "ServiceName": worker_service.get("name")}))
+    c.equal("expression: backlog per task = visible / tasks", metrics.get("backlog_per_task", {}).get("expression"), "visible / tasks")
+    c.equal("only the expression is returned", sorted(i for i, m in metrics.items() if m.get("return_data")), ["backlog_per_task"])
+
+    allow = changes.get("aws_sqs_queue_redrive_allow_policy.orders_dlq", {}).get("change", {}).get("after", {})
+    c.equal("redrive-allow is set on the DLQ", allow.get("queue_url"), dlq.get("url"))
+    c.equal("only the orders queue may redrive into the DLQ", json.loads(allow.get("redrive_allow_policy", "{}")),
+            {"redrivePermission": "byQueue", "sourceQueueArns": [orders.get("arn")]})
+    c.exit()
+
+
+def plan_variants(plan_path):
+    plan = json.load(open(plan_path))
+    changes = changes_by_action(plan)
+    c = Checks()
+
+    def with_action(action):
+        return {a for a, rc in changes.items() if rc["change"]["actions"] == action}
+
+    created = with_action(["create"])
+    endpoints = {a for a in created if a.startswith("aws_vpc_endpoint.interface[")}
+    c.equal("interface endpoints for ECR, Logs, SNS, SQS",
+            {a.split('"')[1] for a in endpoints}, {"ecr.api", "ecr.dkr", "logs", "sns", "sqs"})
+    c.check("S3 gateway endpoint for ECR layers", "aws_vpc_endpoint.s3[0]" in created, sorted(created))
+    c.check("endpoint security group", "aws_security_group.endpoints[0]" in created, sorted(created))
+    c.equal("NAT gateway, its address and route go", with_action(["delete"]) & {"aws_nat_gateway.main[0]", "aws_eip.nat[0]", "aws_route.private_nat[0]"},
+            {"aws_nat_gateway.main[0]", "aws_eip.nat[0]", "aws_route.private_nat[0]"})
+    https = changes.get("aws_lb_listener.https[0]", {}).get("change", {}).get("after", {})
+    c.equal("HTTPS listener on 443 with a TLS 1.2+ policy", (https.get("port"), https.get("protocol"), https.get("ssl_policy")),
+            (443, "HTTPS", "ELBSecurityPolicy-TLS13-1-2-2021-06"))
+    http = changes.get("aws_lb_listener.http", {}).get("change", {}).get("after", {})
+    action = (http.get("default_action") or [{}])[0]
+    redirect = (action.get("redirect") or [{}])[0]
+    c.equal("port 80 redirects to HTTPS", (action.get("type"), redirect.get("protocol"), redirect.get("port")), ("redirect", "HTTPS", "443"))
+    c.check("ALB security group opens 443", any(a.startswith('aws_vpc_security_group_ingress_rule.alb_from_clients["443-') for a in created))
+    c.exit()
+
+
+if __name__ == "__main__":
+    commands = {
+        "smoke": (smoke, 3),
+        "binaries": (binaries, 4),
+        "plan-scaling": (plan_scaling, 1),
+        "plan-variants": (plan_variants, 1),
+    }
+    if len(sys.argv) < 2 or sys.argv[1] not in commands or len(sys.argv) - 2 != commands[sys.argv[1]][1]:
+        sys.exit(__doc__)
+    function, _ = commands[sys.argv[1]]
+    arguments = sys.argv[2:]
+    if function is smoke:
+        arguments[2] = int(arguments[2])
+    function(*arguments)

@@ -1,0 +1,200 @@
+# ECS Fargate cluster with two services from one image: receiver (port 8080, behind the ALB) and
+# worker (port 8081, health and metrics only). Env var names follow the binaries' clap `env = ...`.
+
+resource "aws_ecs_cluster" "main" {
+  name = var.name
+
+  # Container Insights publishes RunningTaskCount, which the backlog-per-task scaling metric divides by.
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
+}
+
+resource "aws_cloudwatch_log_group" "service" {
+  for_each = local.services
+
+  name              = "/ecs/${var.name}/${each.key}"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = aws_kms_key.main.arn
+}
+
+locals {
+  receiver_port = 8080
+  worker_port   = 8081
+
+  # Both binaries read these (see receiver/worker `--help`); LOG_FORMAT=json suits CloudWatch Logs Insights.
+  common_environment = {
+    AWS_REGION      = local.region
+    LOG_FORMAT      = "json"
+    PAYMENT_LATENCY = "${var.payment_latency_seconds}s"
+  }
+
+  environment = {
+    receiver = merge(local.common_environment, {
+      PORT             = tostring(local.receiver_port)
+      ORDERS_TOPIC_ARN = aws_sns_topic.orders.arn
+    })
+    worker = merge(local.common_environment, {
+      PORT             = tostring(local.worker_port)
+      ORDERS_QUEUE_URL = aws_sqs_queue.orders.id
+      ORDERS_DLQ_URL   = aws_sqs_queue.orders_dlq.id
+      WORKER_CONSUMERS = tostring(var.worker_consumers)
+      # Each consumer owns a payment slot, so a task drains worker_consumers / payment latency
+      # orders per second: the assumption behind the autoscaling target.
+      GATE_MODE = "per-consumer"
+      # The worker must know the queue's settings: it extends visibility before this runs out, and
+      # dead-letters a failing message itself (with its reason) on the last receive SQS allows.
+      VISIBILITY_TIMEOUT = "${var.queue_visibility_timeout_seconds}s"
+      MAX_RECEIVE_COUNT  = tostring(var.max_receive_count)
+    })
+  }
+
+  task = {
+    receiver = { port = local.receiver_port, cpu = var.receiver_cpu, memory = var.receiver_memory, role = aws_iam_role.receiver.arn }
+    worker   = { port = local.worker_port, cpu = var.worker_cpu, memory = var.worker_memory, role = aws_iam_role.worker.arn }
+  }
+}
+
+resource "aws_ecs_task_definition" "service" {
+  for_each = local.task
+
+  family                   = "${var.name}-${each.key}"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = each.value.cpu
+  memory                   = each.value.memory
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = each.value.role
+
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = var.cpu_architecture
+  }
+
+  container_definitions = jsonencode([{
+    name      = each.key
+    image     = "${aws_ecr_repository.service[each.key].repository_url}:${var.image_tag}"
+    essential = true
+
+    portMappings = [{ containerPort = each.value.port, protocol = "tcp" }]
+    environment  = [for key, value in local.environment[each.key] : { name = key, value = value }]
+
+    # The binaries write nothing to disk.
+    readonlyRootFilesystem = true
+    # SIGTERM starts a graceful drain (the worker's SHUTDOWN_DEADLINE defaults to 25 s); SIGKILL after 30 s.
+    stopTimeout = 30
+
+    # No curl in the image: the binary itself GETs http://127.0.0.1:$PORT/health and exits 0 or 1.
+    healthCheck = {
+      command     = ["CMD", "/usr/local/bin/${each.key}", "--check-health"]
+      interval    = 15
+      timeout     = 5
+      retries     = 3
+      startPeriod = 10
+    }
+
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.service[each.key].name
+        awslogs-region        = local.region
+        awslogs-stream-prefix = each.key
+      }
+    }
+  }])
+}
+
+resource "aws_ecs_service" "receiver" {
+  name             = "${var.name}-receiver"
+  cluster          = aws_ecs_cluster.main.id
+  task_definition  = aws_ecs_task_definition.service["receiver"].arn
+  desired_count    = var.receiver_desired_count
+  launch_type      = "FARGATE"
+  platform_version = "LATEST"
+
+  # Let new tasks pass the container health check before the ALB judges them.
+  health_check_grace_period_seconds = 30
+
+  network_configuration {
+    subnets          = aws_subnet.private[*].id
+    security_groups  = [aws_security_group.receiver.id]
+    assign_public_ip = false
+  }
+
+  load_balancer {
+    target_group_arn = aws_lb_target_group.receiver.arn
+    container_name   = "receiver"
+    container_port   = local.receiver_port
+  }
+
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+
+  depends_on = [aws_lb_listener.http]
+}
+
+resource "aws_ecs_service" "worker" {
+  name             = "${var.name}-worker"
+  cluster          = aws_ecs_cluster.main.id
+  task_definition  = aws_ecs_task_definition.service["worker"].arn
+  desired_count    = var.worker_desired_count
+  launch_type      = "FARGATE"
+  platform_version = "LATEST"
+
+  network_configuration {
+    subnets          = aws_subnet.private[*].id
+    security_groups  = [aws_security_group.worker.id]
+    assign_public_ip = false
+  }
+
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+
+  # Autoscaling changes the count at run time; a later apply must not reset it.
+  lifecycle {
+    ignore_changes = [desired_count]
+  }
+}
+
+# --- Security groups: the ALB reaches the receiver on 8080; tasks only talk HTTPS to AWS APIs. --
+
+resource "aws_security_group" "receiver" {
+  name        = "${var.name}-receiver"
+  description = "Receiver tasks: HTTP from the ALB, HTTPS out to AWS APIs"
+  vpc_id      = aws_vpc.main.id
+
+  tags = { Name = "${var.name}-receiver" }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "receiver_from_alb" {
+  security_group_id            = aws_security_group.receiver.id
+  description                  = "HTTP from the ALB"
+  ip_protocol                  = "tcp"
+  from_port                    = local.receiver_port
+  to_port                      = local.receiver_port
+  referenced_security_group_id = aws_security_group.alb.id
+}
+
+resource "aws_security_group" "worker" {
+  name        = "${var.name}-worker"
+  description = "Worker tasks: no inbound traffic, HTTPS out to AWS APIs"
+  vpc_id      = aws_vpc.main.id
+
+  tags = { Name = "${var.name}-worker" }
+}
+
+resource "aws_vpc_security_group_egress_rule" "tasks_https" {
+  for_each = { receiver = aws_security_group.receiver.id, worker = aws_security_group.worker.id }
+
+  security_group_id = each.value
+  description       = "HTTPS to AWS APIs (ECR, CloudWatch Logs, SNS, SQS) via NAT or VPC endpoints"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+  cidr_ipv4         = "0.0.0.0/0"
+}

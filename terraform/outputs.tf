@@ -1,0 +1,49 @@
+output "alb_url" {
+  description = "Base URL of the receiver behind the ALB (POST /orders, GET /health)."
+  value       = "${local.https ? "https" : "http"}://${aws_lb.main.dns_name}"
+}
+
+output "ecr_repository_urls" {
+  description = "ECR repository URL per service; push the image built with --target <service> here."
+  value       = { for service, repo in aws_ecr_repository.service : service => repo.repository_url }
+}
+
+output "orders_topic_arn" {
+  description = "SNS topic the receiver publishes to (ORDERS_TOPIC_ARN)."
+  value       = aws_sns_topic.orders.arn
+}
+
+output "orders_queue_url" {
+  description = "SQS queue the worker consumes (ORDERS_QUEUE_URL); pass it to `loadtest compare --queue-url`."
+  value       = aws_sqs_queue.orders.id
+}
+
+output "orders_dlq_url" {
+  description = "Dead-letter queue of the orders queue (ORDERS_DLQ_URL)."
+  value       = aws_sqs_queue.orders_dlq.id
+}
+
+output "ecs_cluster_name" {
+  description = "ECS cluster running both services."
+  value       = aws_ecs_cluster.main.name
+}
+
+output "ecs_service_names" {
+  description = "ECS service name per service (for `aws ecs update-service --force-new-deployment`)."
+  value       = { receiver = aws_ecs_service.receiver.name, worker = aws_ecs_service.worker.name }
+}
+
+output "log_group_names" {
+  description = "CloudWatch log group per service."
+  value       = { for service, group in aws_cloudwatch_log_group.service : service => group.name }
+}
+
+output "alarm_topic_arn" {
+  description = "SNS topic the alarms notify, or null when alarm_email is unset."
+  value       = one(aws_sns_topic.alarms[*].arn)
+}
+
+output "worker_backlog_per_task_target" {
+  description = "Target of the worker scaling policy: orders waiting per task (acceptable latency x consumers / payment latency)."
+  value       = local.worker_backlog_per_task_target
+}
