@@ -1,5 +1,5 @@
 output "alb_url" {
-  description = "Base URL of the receiver behind the ALB (POST /orders, GET /health)."
+  description = "Base URL of the receiver behind the ALB (POST /orders/async, POST /orders/sync, GET /health)."
   value       = "${local.https ? "https" : "http"}://${aws_lb.main.dns_name}"
 }
 
