@@ -1,1 +1,451 @@
-fn main() {}
+//! Receiver throughput, latency and memory on the embedded bus, against the issue's floors.
+//!
+//! ```sh
+//! apt-get install -y wrk            # the closed-loop load generator (Debian package)
+//! cargo bench -p receiver --bench http
+//! ```
+//!
+//! The receiver runs in a child process (this same executable, `RECEIVER_BENCH_ROLE=server`) exactly as the
+//! binary runs it, except for the bus: the Prometheus recorder with its upkeep, the default [`Config`], and an
+//! [`EmbeddedStack`] whose queue is drained by two consumers so memory stays flat. The same child serves a
+//! trivial axum route answering a static 202 on a second port: the ceiling for this machine, runtime and load
+//! generator. Phases:
+//!
+//! 1. **Capacity** (wrk, closed loop, `BENCH_CONNECTIONS` connections for `BENCH_SECONDS`): the static route,
+//!    then `POST /orders/async`. Floors: ≥ 25,000 accepted orders/s, and ≥ 0.5 × the static route.
+//! 2. **Latency at 10,000 orders/s** (an open-model generator in this process: requests are started on a fixed
+//!    schedule whatever the answers do, and latency is counted from each request's *scheduled* start, so a
+//!    stall cannot hide behind fewer requests). Floors: p99 < 10 ms, every answer 202, receiver RSS < 64 MB
+//!    (peak, sampled every 50 ms).
+//! 3. **Sync throughput** (a second child with 2 slots × 20 ms, 16 closed-loop clients): equals
+//!    slots / latency = 100 orders/s.
+//!
+//! Exits non-zero if a floor is missed. Under `cargo test` (no `--bench` argument) it does nothing.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+use bus::Consumer;
+use bus::embedded::{EmbeddedStack, StackConfig};
+use hdrhistogram::Histogram;
+use orders::PaymentConfig;
+use receiver::{AppState, Config};
+use tokio::time::Instant;
+
+const ROLE_VAR: &str = "RECEIVER_BENCH_ROLE";
+const ORDER: &str =
+    r#"{"customer_id": 1234, "items": [{"product_id": "PROD-001", "quantity": 2, "price": 49.99}]}"#;
+
+const ACCEPTED_FLOOR: f64 = 25_000.0;
+const STATIC_RATIO_FLOOR: f64 = 0.5;
+const OPEN_RATE: u64 = 10_000;
+const P99_LIMIT_MS: f64 = 10.0;
+const RSS_LIMIT_MB: f64 = 64.0;
+const SYNC_SLOTS: usize = 2;
+const SYNC_LATENCY: Duration = Duration::from_millis(20);
+
+fn main() -> ExitCode {
+    if std::env::var(ROLE_VAR).is_ok() {
+        serve();
+        return ExitCode::SUCCESS;
+    }
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("receiver http bench: run it with `cargo bench -p receiver --bench http`");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    if runtime.block_on(bench()) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------------------------- the server child
+
+/// The child: a receiver as the binary runs it, on the embedded bus, plus the static route; prints
+/// `PORTS <receiver> <static>` and serves until its stdin closes.
+fn serve() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("seconds".into()),
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            )
+            .unwrap()
+            .install_recorder()
+            .expect("install the recorder");
+        let upkeep = metrics.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+
+        let stack = EmbeddedStack::new(StackConfig::default());
+        for _ in 0..2 {
+            let queue = stack.queue.clone();
+            tokio::spawn(async move {
+                loop {
+                    let received = queue.receive(10, Duration::from_secs(1)).await.expect("receive");
+                    let handles: Vec<_> = received.into_iter().map(|m| m.receipt_handle).collect();
+                    if !handles.is_empty() {
+                        queue.delete_batch(handles).await.expect("delete");
+                    }
+                }
+            });
+        }
+        let config = Config {
+            payment: PaymentConfig {
+                slots: env_or("BENCH_SYNC_SLOTS", 1),
+                latency: Duration::from_millis(env_or("BENCH_SYNC_LATENCY_MS", 3000)),
+                ..PaymentConfig::default()
+            },
+            ..Config::default()
+        };
+        let state = AppState::new(config, Arc::new(stack.topic.clone()), Some(metrics));
+        let receiver_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let static_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!(
+            "PORTS {} {}",
+            receiver_listener.local_addr().unwrap().port(),
+            static_listener.local_addr().unwrap().port()
+        );
+        std::io::stdout().flush().unwrap();
+
+        let static_app = Router::new().route(
+            "/orders/async",
+            post(|| async {
+                (StatusCode::ACCEPTED, [("content-type", "application/json")], r#"{"status":"pending"}"#)
+            }),
+        );
+        tokio::spawn(async move { axum::serve(static_listener, static_app).await });
+        let stdin_closed = async {
+            tokio::task::spawn_blocking(|| std::io::stdin().lines().for_each(drop)).await.ok();
+        };
+        receiver::run(receiver_listener, state, stdin_closed).await.expect("serve");
+    });
+}
+
+/// A running server child.
+struct Server {
+    child: Child,
+    receiver: SocketAddr,
+    static_route: SocketAddr,
+}
+
+impl Server {
+    fn start(sync_slots: usize, sync_latency: Duration) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(ROLE_VAR, "server")
+            .env("BENCH_SYNC_SLOTS", sync_slots.to_string())
+            .env("BENCH_SYNC_LATENCY_MS", sync_latency.as_millis().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the server child");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let ports: Vec<u16> = line.split_whitespace().skip(1).map(|p| p.parse().unwrap()).collect();
+        Self {
+            child,
+            receiver: SocketAddr::from(([127, 0, 0, 1], ports[0])),
+            static_route: SocketAddr::from(([127, 0, 0, 1], ports[1])),
+        }
+    }
+
+    /// `VmRSS` or `VmHWM` (peak) of the child, in MB.
+    fn memory_mb(&self, field: &str) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// Closes stdin: the child shuts down gracefully and must exit 0.
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the server child exited with {status}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------- the phases
+
+async fn bench() -> bool {
+    let seconds: u64 = env_or("BENCH_SECONDS", 5);
+    let connections: u64 = env_or("BENCH_CONNECTIONS", 64);
+    let mut ok = true;
+    let mut check = |name: &str, passed: bool, detail: String| {
+        println!("  [{}] {name}: {detail}", if passed { "pass" } else { "FAIL" });
+        ok &= passed;
+    };
+
+    let server = Server::start(1, Duration::from_secs(3));
+    println!(
+        "receiver pid {} on {}, static route on {}",
+        server.child.id(),
+        server.receiver,
+        server.static_route
+    );
+    let script = std::env::temp_dir().join(format!("receiver-bench-{}.lua", std::process::id()));
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = '{ORDER}'\n"
+        ),
+    )
+    .unwrap();
+
+    println!("\n1. capacity: wrk -t1 -c{connections} -d{seconds}s (closed loop)");
+    wrk(&script, server.receiver, 1, connections); // warm-up
+    let static_run = wrk(&script, server.static_route, seconds, connections);
+    println!("   static 202 route   {:>9.0} req/s   p99 {:>6.2} ms", static_run.rate, static_run.p99_ms);
+    let async_run = wrk(&script, server.receiver, seconds, connections);
+    let async_peak_rss = server.memory_mb("VmHWM:");
+    println!(
+        "   POST /orders/async {:>9.0} req/s   p99 {:>6.2} ms   non-2xx {}   peak RSS {:.1} MB",
+        async_run.rate, async_run.p99_ms, async_run.non_2xx, async_peak_rss
+    );
+    let stats = fetch_stats(server.receiver).await;
+    println!(
+        "   receiver /stats: accepted {} published {} failed {} shed {} publish calls {} (mean batch {:.2})",
+        stats["async"]["accepted"],
+        stats["async"]["published"],
+        stats["async"]["failed"],
+        stats["async"]["shed"],
+        stats["async"]["publish_calls"],
+        stats["async"]["published"].as_f64().unwrap_or(0.0)
+            / stats["async"]["publish_calls"].as_f64().unwrap_or(1.0)
+    );
+    check(
+        "accepted orders/s >= 25,000",
+        async_run.rate >= ACCEPTED_FLOOR && async_run.non_2xx == 0,
+        format!("{:.0}/s, {} non-2xx", async_run.rate, async_run.non_2xx),
+    );
+    let ratio = async_run.rate / static_run.rate;
+    check("async >= 0.5 x static route", ratio >= STATIC_RATIO_FLOOR, format!("{ratio:.2} x"));
+
+    println!("\n2. latency at {OPEN_RATE} orders/s for {seconds} s (open model, from each scheduled start)");
+    let open = open_model(server.receiver, OPEN_RATE, Duration::from_secs(seconds), &server).await;
+    println!(
+        "   sent {}  202 {}  other {}  errors {}  achieved {:.0}/s",
+        open.sent, open.accepted, open.other, open.errors, open.achieved_rate
+    );
+    println!(
+        "   latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        open.quantile_ms(0.5),
+        open.quantile_ms(0.9),
+        open.quantile_ms(0.99),
+        open.quantile_ms(0.999),
+        open.histogram.max() as f64 / 1000.0
+    );
+    println!("   receiver RSS during the run: max {:.1} MB (sampled every 50 ms)", open.max_rss_mb);
+    check(
+        "p99 < 10 ms at 10,000 orders/s",
+        open.quantile_ms(0.99) < P99_LIMIT_MS && open.accepted == open.sent,
+        format!("p99 {:.2} ms, {}/{} answered 202", open.quantile_ms(0.99), open.accepted, open.sent),
+    );
+    check(
+        "receiver RSS < 64 MB under that load",
+        open.max_rss_mb < RSS_LIMIT_MB,
+        format!("{:.1} MB", open.max_rss_mb),
+    );
+    server.stop();
+    std::fs::remove_file(&script).ok();
+
+    println!(
+        "\n3. sync throughput: {SYNC_SLOTS} slots x {} ms, 16 closed-loop clients for {seconds} s",
+        SYNC_LATENCY.as_millis()
+    );
+    let server = Server::start(SYNC_SLOTS, SYNC_LATENCY);
+    let (completed, elapsed) = closed_loop_sync(server.receiver, 16, Duration::from_secs(seconds)).await;
+    server.stop();
+    let rate = completed as f64 / elapsed.as_secs_f64();
+    let expected = SYNC_SLOTS as f64 / SYNC_LATENCY.as_secs_f64();
+    println!(
+        "   {completed} payments in {:.2} s = {rate:.1}/s; slots / latency = {expected:.1}/s",
+        elapsed.as_secs_f64()
+    );
+    check(
+        "sync throughput = slots / latency (within 5 %)",
+        (rate / expected - 1.0).abs() <= 0.05,
+        format!("{:.3} x", rate / expected),
+    );
+    ok
+}
+
+/// What wrk reported.
+struct WrkRun {
+    rate: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+}
+
+fn wrk(script: &std::path::Path, target: SocketAddr, seconds: u64, connections: u64) -> WrkRun {
+    let output = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
+        .arg(script)
+        .arg(format!("http://{target}/orders/async"))
+        .output()
+        .expect("wrk is installed (apt-get install -y wrk)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |prefix: &str| {
+        text.lines().find_map(|line| line.trim().strip_prefix(prefix).map(|rest| rest.trim().to_owned()))
+    };
+    let rate = field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let p99_ms = field("99%").map_or(f64::NAN, |v| parse_wrk_duration_ms(&v));
+    let non_2xx = field("Non-2xx or 3xx responses:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    WrkRun { rate, p99_ms, non_2xx }
+}
+
+fn parse_wrk_duration_ms(text: &str) -> f64 {
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => number / 1000.0,
+        "ms" => number,
+        "s" => number * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+async fn fetch_stats(address: SocketAddr) -> serde_json::Value {
+    reqwest::get(format!("http://{address}/stats")).await.unwrap().json().await.unwrap()
+}
+
+/// The outcome of an open-model run.
+struct OpenRun {
+    sent: u64,
+    accepted: u64,
+    other: u64,
+    errors: u64,
+    achieved_rate: f64,
+    histogram: Histogram<u64>,
+    max_rss_mb: f64,
+}
+
+impl OpenRun {
+    fn quantile_ms(&self, quantile: f64) -> f64 {
+        self.histogram.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+/// Starts `rate` requests a second on a fixed schedule for `duration`, each on its own task, and records each
+/// latency from its scheduled start (microseconds).
+async fn open_model(address: SocketAddr, rate: u64, duration: Duration, server: &Server) -> OpenRun {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(512).build().unwrap();
+    let url = format!("http://{address}/orders/async");
+    let total = rate * duration.as_secs();
+    let interval = Duration::from_secs(1) / u32::try_from(rate).unwrap();
+    let (results, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let accepted = Arc::new(AtomicU64::new(0));
+
+    let rss_stop = tokio_util::sync::CancellationToken::new();
+    let pid = server.child.id();
+    let rss_sampler = tokio::spawn({
+        let stop = rss_stop.clone();
+        async move {
+            let mut max = 0.0f64;
+            let mut every = tokio::time::interval(Duration::from_millis(50));
+            while !stop.is_cancelled() {
+                every.tick().await;
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let rss = status
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok()
+                    })
+                    .unwrap_or(0.0);
+                max = max.max(rss / 1024.0);
+            }
+            max
+        }
+    });
+
+    let start = Instant::now() + Duration::from_millis(10);
+    for i in 0..total {
+        let scheduled = start + interval * u32::try_from(i).unwrap();
+        tokio::time::sleep_until(scheduled).await;
+        let (client, url, results) = (client.clone(), url.clone(), results.clone());
+        tokio::spawn(async move {
+            let answer = client.post(url).header("content-type", "application/json").body(ORDER).send().await;
+            let status = match answer {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let _ = response.bytes().await;
+                    Some(status)
+                }
+                Err(_) => None,
+            };
+            let _ = results.send((scheduled.elapsed(), status));
+        });
+    }
+    drop(results);
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let (mut sent, mut other, mut errors) = (0, 0, 0);
+    while let Some((latency, status)) = answers.recv().await {
+        sent += 1;
+        histogram.saturating_record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        match status {
+            Some(202) => {
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(_) => other += 1,
+            None => errors += 1,
+        }
+    }
+    let achieved_rate = sent as f64 / start.elapsed().as_secs_f64();
+    rss_stop.cancel();
+    let max_rss_mb = rss_sampler.await.unwrap();
+    OpenRun {
+        sent,
+        accepted: accepted.load(Ordering::Relaxed),
+        other,
+        errors,
+        achieved_rate,
+        histogram,
+        max_rss_mb,
+    }
+}
+
+/// `clients` loops posting to `/orders/sync`; returns payments decided (200 or 402) and the time taken.
+async fn closed_loop_sync(address: SocketAddr, clients: usize, duration: Duration) -> (u64, Duration) {
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/orders/sync");
+    let started = Instant::now();
+    let stop_at = started + duration;
+    let decided = Arc::new(AtomicU64::new(0));
+    let loops: Vec<_> = (0..clients)
+        .map(|_| {
+            let (client, url, decided) = (client.clone(), url.clone(), decided.clone());
+            tokio::spawn(async move {
+                while Instant::now() < stop_at {
+                    let response =
+                        client.post(&url).header("content-type", "application/json").body(ORDER).send().await;
+                    let status = response.expect("the receiver answers").status().as_u16();
+                    assert!(status == 200 || status == 402, "sync answered {status}");
+                    if Instant::now() <= stop_at {
+                        decided.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in loops {
+        task.await.unwrap();
+    }
+    (decided.load(Ordering::Relaxed), duration)
+}

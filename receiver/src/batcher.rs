@@ -139,10 +139,7 @@ impl PublishBatcher {
     pub async fn close(&self, deadline: Instant) -> bool {
         self.closing.cancel();
         let Some(task) = self.task.lock().await.take() else { return true };
-        match tokio::time::timeout_at(deadline, task).await {
-            Ok(_) => true,
-            Err(_) => false,
-        }
+        matches!(tokio::time::timeout_at(deadline, task).await, Ok(Ok(())))
     }
 }
 
@@ -303,5 +300,95 @@ impl BatchCall {
             Ok(Err(error)) => vec![Err(error); entries],
             Err(_) => vec![Err(BusError::Timeout); entries],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use bus::EntryResult;
+
+    /// Records the entry count and total size of every call; each call takes 10 ms.
+    #[derive(Default)]
+    struct SizeRecorder {
+        calls: std::sync::Mutex<Vec<(usize, usize)>>,
+    }
+
+    impl SizeRecorder {
+        async fn record(&self, messages: &[OutgoingMessage]) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let bytes = messages.iter().map(OutgoingMessage::size_bytes).sum();
+            self.calls.lock().unwrap().push((messages.len(), bytes));
+        }
+    }
+
+    #[async_trait]
+    impl Publisher for SizeRecorder {
+        async fn publish(&self, message: OutgoingMessage) -> Result<MessageId, BusError> {
+            self.record(std::slice::from_ref(&message)).await;
+            Ok("id".into())
+        }
+
+        async fn publish_batch(
+            &self,
+            messages: Vec<OutgoingMessage>,
+        ) -> Result<Vec<EntryResult<MessageId>>, BusError> {
+            self.record(&messages).await;
+            Ok(messages.iter().map(|_| Ok("id".into())).collect())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_respect_the_total_size_limit() {
+        let recorder = Arc::new(SizeRecorder::default());
+        let settings = BatcherSettings {
+            linger: Duration::from_millis(50),
+            max_in_flight: 1,
+            publish_timeout: Duration::from_secs(5),
+            queue_capacity: 64,
+        };
+        let batcher = PublishBatcher::start(recorder.clone(), settings);
+        // 100 KiB each: two fit in SNS's 256 KiB per batch, three do not.
+        let publishes: Vec<_> = (0..7)
+            .map(|_| {
+                let batcher = batcher.clone();
+                tokio::spawn(
+                    async move { batcher.publish(OutgoingMessage::new("x".repeat(100 * 1024))).await },
+                )
+            })
+            .collect();
+        for publish in publishes {
+            assert_eq!(publish.await.unwrap(), Ok("id".to_owned()));
+        }
+        let calls = recorder.calls.lock().unwrap().clone();
+        assert_eq!(calls.iter().map(|(entries, _)| entries).sum::<usize>(), 7);
+        assert!(calls.iter().all(|&(_, bytes)| bytes <= MAX_MESSAGE_BYTES), "{calls:?}");
+        assert!(calls.iter().any(|&(entries, _)| entries == 2), "still batched: {calls:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_flushes_queued_messages_then_refuses_new_ones() {
+        let recorder = Arc::new(SizeRecorder::default());
+        let settings = BatcherSettings {
+            linger: Duration::from_millis(2),
+            max_in_flight: 1,
+            publish_timeout: Duration::from_secs(5),
+            queue_capacity: 64,
+        };
+        let batcher = PublishBatcher::start(recorder.clone(), settings);
+        let publishes: Vec<_> = (0..25)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.publish(OutgoingMessage::new(format!("order {i}"))).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(batcher.close(Instant::now() + Duration::from_secs(1)).await, "flushed within the deadline");
+        for publish in publishes {
+            assert!(publish.await.unwrap().is_ok());
+        }
+        assert_eq!(recorder.calls.lock().unwrap().iter().map(|(entries, _)| entries).sum::<usize>(), 25);
+        assert_eq!(batcher.publish(OutgoingMessage::new("late")).await, Err(PublishError::ShuttingDown));
     }
 }

@@ -1,0 +1,56 @@
+//! `GET /metrics` with a Prometheus recorder installed, as the binary does (this test binary is its own
+//! process, so installing the global recorder here touches no other test).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::embedded::{EmbeddedStack, StackConfig};
+use common::{client, order};
+use orders::PaymentConfig;
+use receiver::{AppState, Config};
+
+#[tokio::test]
+async fn metrics_cover_requests_publishing_and_the_gate() {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().unwrap();
+    let stack = EmbeddedStack::new(StackConfig::default());
+    let config = Config {
+        payment: PaymentConfig {
+            latency: Duration::from_millis(10),
+            decline_rate: 0.0,
+            ..PaymentConfig::default()
+        },
+        ..Config::default()
+    };
+    let state = AppState::new(config, Arc::new(stack.topic.clone()), Some(handle));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(receiver::run(listener, state, std::future::pending()));
+    let client = client();
+    let post = |path: &str, body: String| {
+        client.post(format!("{base}{path}")).header("content-type", "application/json").body(body).send()
+    };
+
+    assert_eq!(post("/orders/async", order(1)).await.unwrap().status(), 202);
+    assert_eq!(post("/orders/async", "{}".into()).await.unwrap().status(), 422);
+    assert_eq!(post("/orders/sync", order(2)).await.unwrap().status(), 200);
+    assert_eq!(client.get(format!("{base}/nowhere/{}", 7)).send().await.unwrap().status(), 404);
+
+    let response = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    for expected in [
+        r#"receiver_http_requests_total{route="/orders/async",status="202"} 1"#,
+        r#"receiver_http_requests_total{route="/orders/async",status="422"} 1"#,
+        r#"receiver_http_requests_total{route="/orders/sync",status="200"} 1"#,
+        r#"receiver_http_requests_total{route="unmatched",status="404"} 1"#,
+        r#"receiver_http_request_duration_seconds_count{route="/orders/async",status="202"} 1"#,
+        "receiver_publish_batch_size_count 1",
+        r#"receiver_publish_duration_seconds_count{outcome="ok"} 1"#,
+        "receiver_payment_gate_wait_seconds_count 1",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}
