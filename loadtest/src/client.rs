@@ -6,11 +6,14 @@
 //! server it measures.
 
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode};
@@ -107,14 +110,14 @@ impl Target {
         self.addrs[lane % self.addrs.len()]
     }
 
-    /// A request description for `path` under this target's base path.
+    /// A request description for `path` (starting with `/`) under this target's base path.
+    ///
+    /// # Panics
+    /// When `path` is not a valid URI path: paths are written in code, not taken from users.
     pub fn request(&self, method: Method, path: &str, bodies: Vec<Bytes>) -> RequestSpec {
-        RequestSpec {
-            method,
-            path: format!("{}{}", self.base_path, path),
-            authority: self.authority.clone(),
-            bodies: bodies.into(),
-        }
+        let path = format!("{}{}", self.base_path, path);
+        let uri = path.parse().unwrap_or_else(|error| panic!("request path {path:?} is invalid: {error}"));
+        RequestSpec { method, path, uri, authority: self.authority.clone(), bodies: bodies.into() }
     }
 }
 
@@ -124,6 +127,7 @@ impl Target {
 pub struct RequestSpec {
     method: Method,
     path: String,
+    uri: hyper::Uri,
     authority: HeaderValue,
     bodies: Arc<[Bytes]>,
 }
@@ -141,61 +145,84 @@ impl RequestSpec {
         } else {
             self.bodies[(seq % self.bodies.len() as u64) as usize].clone()
         };
-        let mut builder = Request::builder()
-            .method(self.method.clone())
-            .uri(self.path.as_str())
-            .header(HOST, &self.authority);
-        if !body.is_empty() {
-            builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let has_body = !body.is_empty();
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(HOST, self.authority.clone());
+        if has_body {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        builder.body(Full::new(body)).expect("method, path and headers were validated when the spec was made")
+        request
     }
 }
 
 /// One keep-alive HTTP/1.1 connection to one address, opened on first use and reopened after a failure.
 ///
-/// A request that times out or fails leaves the connection in an unknown state, so it is dropped and the
-/// next request opens a fresh one (as browsers and Locust's sessions do).
-#[derive(Debug)]
+/// The connection is driven inside the task that uses it (no separate connection task, so no cross-task hop
+/// per request): every exchange polls hyper's connection future alongside the request. A request that times
+/// out or fails leaves the connection in an unknown state, so it is dropped and the next request opens a
+/// fresh one (as browsers and Locust's sessions do).
 pub struct Connection {
     addr: SocketAddr,
-    sender: Option<http1::SendRequest<Full<Bytes>>>,
+    open: Option<Open>,
+}
+
+type Http1Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+struct Open {
+    sender: http1::SendRequest<Full<Bytes>>,
+    driver: Pin<Box<Http1Driver>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("addr", &self.addr).field("open", &self.open.is_some()).finish()
+    }
 }
 
 impl Connection {
     /// A connection to `addr`, not yet opened.
     pub fn new(addr: SocketAddr) -> Connection {
-        Connection { addr, sender: None }
+        Connection { addr, open: None }
     }
 
-    /// Opens the TCP connection and performs the HTTP/1.1 handshake, unless already open.
+    /// Opens the TCP connection and performs the HTTP/1.1 handshake, unless it is open already. An idle
+    /// connection the server has closed meanwhile (keep-alive timeout) is noticed here and replaced.
     pub async fn connect(&mut self) -> Result<(), std::io::Error> {
-        if self.sender.as_ref().is_some_and(|sender| !sender.is_closed()) {
-            return Ok(());
+        if let Some(open) = &mut self.open {
+            let mut context = Context::from_waker(Waker::noop());
+            if open.driver.as_mut().poll(&mut context).is_pending() {
+                return Ok(());
+            }
+            self.open = None;
         }
-        self.sender = None;
         let stream = TcpStream::connect(self.addr).await?;
         stream.set_nodelay(true)?;
-        let (sender, connection) =
-            http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
-        tokio::spawn(async move {
-            // Ends when the server closes the connection or when `sender` is dropped.
-            let _ = connection.await;
-        });
-        self.sender = Some(sender);
+        let (sender, driver) = http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+        self.open = Some(Open { sender, driver: Box::pin(driver) });
         Ok(())
     }
 
     /// Sends one request and reads the whole response, giving up after `timeout` (connecting included).
     pub async fn exchange(&mut self, request: Request<Full<Bytes>>, timeout: Duration) -> Outcome {
-        match tokio::time::timeout(timeout, self.exchange_inner(request)).await {
-            Ok(Ok(status)) => Outcome::from_status(status),
-            Ok(Err(kind)) => {
-                self.sender = None;
-                Outcome::Failed(kind)
-            }
+        let exchanged = tokio::time::timeout(
+            timeout,
+            self.round_trip(request, |mut body| async move {
+                // Read the body to the end so that the connection can carry the next request.
+                while let Some(frame) = body.frame().await {
+                    frame?;
+                }
+                Ok(())
+            }),
+        )
+        .await;
+        match exchanged {
+            Ok(Ok((status, ()))) => Outcome::from_status(status),
+            Ok(Err(kind)) => Outcome::Failed(kind),
             Err(_elapsed) => {
-                self.sender = None;
+                self.open = None;
                 Outcome::Failed(FailureKind::Timeout)
             }
         }
@@ -207,34 +234,64 @@ impl Connection {
         request: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), FailureKind> {
-        let fetched = tokio::time::timeout(timeout, async {
-            self.connect().await.map_err(|_| FailureKind::Transport)?;
-            let sender = self.sender.as_mut().expect("connect() leaves an open sender");
-            sender.ready().await.map_err(|_| FailureKind::Transport)?;
-            let response = sender.send_request(request).await.map_err(|_| FailureKind::Transport)?;
-            let status = response.status();
-            let body = response.into_body().collect().await.map_err(|_| FailureKind::Transport)?;
-            Ok((status, body.to_bytes()))
+        let fetched = tokio::time::timeout(
+            timeout,
+            self.round_trip(request, |body| async move { Ok(body.collect().await?.to_bytes()) }),
+        )
+        .await;
+        fetched.unwrap_or_else(|_elapsed| {
+            self.open = None;
+            Err(FailureKind::Timeout)
         })
-        .await
-        .unwrap_or(Err(FailureKind::Timeout));
-        if fetched.is_err() {
-            self.sender = None;
-        }
-        fetched
     }
 
-    async fn exchange_inner(&mut self, request: Request<Full<Bytes>>) -> Result<StatusCode, FailureKind> {
+    /// Connects if needed, sends `request` and hands the response body to `read_body`, driving the
+    /// connection all along. Drops the connection on any failure or when the server closes it.
+    async fn round_trip<T, F, Fut>(
+        &mut self,
+        request: Request<Full<Bytes>>,
+        read_body: F,
+    ) -> Result<(StatusCode, T), FailureKind>
+    where
+        F: FnOnce(Incoming) -> Fut,
+        Fut: Future<Output = Result<T, hyper::Error>>,
+    {
         self.connect().await.map_err(|_| FailureKind::Transport)?;
-        let sender = self.sender.as_mut().expect("connect() leaves an open sender");
-        sender.ready().await.map_err(|_| FailureKind::Transport)?;
-        let response = sender.send_request(request).await.map_err(|_| FailureKind::Transport)?;
-        let status = response.status();
-        let mut body = response.into_body();
-        // Read the body to the end so that the connection can carry the next request.
-        while let Some(frame) = body.frame().await {
-            frame.map_err(|_| FailureKind::Transport)?;
+        let open = self.open.as_mut().expect("connect() leaves an open connection");
+        let sender = &mut open.sender;
+        let exchange = async move {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            Ok::<_, hyper::Error>((status, read_body(response.into_body()).await?))
+        };
+        let (result, connection_ended) = drive(&mut open.driver, exchange).await;
+        if connection_ended || !matches!(result, Some(Ok(_))) {
+            self.open = None;
         }
-        Ok(status)
+        match result {
+            Some(Ok(answer)) => Ok(answer),
+            Some(Err(_)) | None => Err(FailureKind::Transport),
+        }
     }
+}
+
+/// Polls `work` to completion while driving the connection, in this task. Returns the work's output (`None`
+/// when the connection ended first) and whether the connection ended.
+async fn drive<T>(driver: &mut Pin<Box<Http1Driver>>, work: impl Future<Output = T>) -> (Option<T>, bool) {
+    let mut work = pin!(work);
+    let mut ended = false;
+    std::future::poll_fn(|context| {
+        // The driver first: it writes the queued request and reads the answer that `work` is waiting for.
+        if !ended && driver.as_mut().poll(context).is_ready() {
+            ended = true;
+        }
+        match work.as_mut().poll(context) {
+            Poll::Ready(output) => Poll::Ready(Some(output)),
+            Poll::Pending if ended => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+    .map_or((None, true), |output| (Some(output), ended))
 }

@@ -8,13 +8,19 @@
 //! - [`runner`]: one run with its sampler, queue/worker probes ([`probe`]), progress bar ([`progress`]) and
 //!   drain watch; [`results`]: the JSON schema and CSV timelines.
 
+pub mod cli;
 pub mod client;
 pub mod closed_model;
+pub mod compare;
+pub mod experiment;
 pub mod open_model;
 pub mod outcome;
+pub mod pipeline;
 pub mod probe;
 pub mod progress;
 pub mod recorder;
 pub mod report;
 pub mod results;
 pub mod runner;
+pub mod scale;
+pub mod scenario;

@@ -78,7 +78,12 @@ fn spec(target: &Target) -> RequestSpec {
     target.request(Method::POST, "/work", vec![bytes::Bytes::from_static(b"{}")])
 }
 
+/// One measurement at a time: these tests judge timing, and parallel tests on a 2-core machine would
+/// measure each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn run(server: &TestServer, model: LoadModel, late_threshold: Duration) -> RunResult {
+    let _alone = SERIAL.lock().await;
     let target = Target::local(server.addr);
     let plan = RunPlan {
         scenario: "test".into(),
@@ -142,27 +147,29 @@ async fn open_model_counts_late_sends_and_keeps_their_wait_in_the_latency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn percentiles_match_a_server_with_a_fixed_delay() {
     let server = serve(Behaviour::Delay(Duration::from_millis(50))).await;
-    let result = run(&server, open(100.0, Duration::from_secs(2), 100), Duration::from_millis(5)).await;
+    let result = run(&server, open(300.0, Duration::from_secs(2), 100), Duration::from_millis(5)).await;
 
+    // Tolerance above the delay: tokio's timer rounds the server's sleep up to the next millisecond, and a
+    // shared 2-core machine adds scheduling noise to the tail.
     let latency = result.latency;
-    assert_eq!(latency.count, 200);
+    assert_eq!(latency.count, 600);
     assert!(latency.min_ms >= 50.0, "{latency:?}");
     assert!((50.0..57.0).contains(&latency.p50_ms), "{latency:?}");
-    assert!((50.0..65.0).contains(&latency.p99_ms), "{latency:?}");
+    assert!((50.0..75.0).contains(&latency.p99_ms), "{latency:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn percentiles_separate_the_fast_nine_tenths_from_the_slow_tenth() {
     let server =
         serve(Behaviour::Bimodal { fast: Duration::from_millis(10), slow: Duration::from_millis(100) }).await;
-    let result = run(&server, open(200.0, Duration::from_secs(2), 100), Duration::from_millis(5)).await;
+    let result = run(&server, open(400.0, Duration::from_secs(2), 100), Duration::from_millis(5)).await;
 
     // 10% are slow, so the median sits with the fast ones and p95/p99 with the slow ones (p90 is the boundary).
     let latency = result.latency;
-    assert_eq!(latency.count, 400);
+    assert_eq!(latency.count, 800);
     assert!((10.0..15.0).contains(&latency.p50_ms), "{latency:?}");
-    assert!((100.0..112.0).contains(&latency.p95_ms), "{latency:?}");
-    assert!((100.0..112.0).contains(&latency.p99_ms), "{latency:?}");
+    assert!((100.0..130.0).contains(&latency.p95_ms), "{latency:?}");
+    assert!((100.0..130.0).contains(&latency.p99_ms), "{latency:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

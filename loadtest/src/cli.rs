@@ -1,0 +1,591 @@
+//! The command line: `up`, `run`, `compare`, `scale` and `infra`, every flag also read from an environment
+//! variable. `main.rs` only parses and calls [`execute`].
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Target;
+use crate::closed_model::{ClosedLoad, WaitRange};
+use crate::experiment::{self, Environment, ExperimentSettings, RunRequest};
+use crate::open_model::OpenLoad;
+use crate::pipeline::{EmbeddedPipeline, PipelineConfig};
+use crate::probe::{Probes, WorkerUrl};
+use crate::results::{ResultsDocument, write_all};
+use crate::runner::LoadModel;
+use crate::scenario::TimeScale;
+
+/// Load generator and the sync-vs-async order-pipeline experiment.
+///
+/// Without --target, every command runs the whole pipeline in this process on the embedded bus (receiver,
+/// SNS→SQS, worker). With --target, it drives a deployed stack.
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Directory that receives a sub-directory per command run (results.json, timeline CSVs, report.html).
+    #[arg(long, env = "LOADTEST_RESULTS_DIR", default_value = "results", global = true)]
+    pub results_dir: PathBuf,
+    /// Do not draw live progress bars (they are hidden anyway when stderr is not a terminal).
+    #[arg(long, env = "LOADTEST_NO_PROGRESS", global = true)]
+    pub no_progress: bool,
+    /// Log format on stderr: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole pipeline locally (embedded bus) until Ctrl-C, and print its URLs.
+    Up(UpArgs),
+    /// One load against the sync or async endpoint: open model (--rate) or closed model (--users).
+    Run(RunArgs),
+    /// The classic experiment: sync vs async under the lab's scenarios, side by side (the main job).
+    Compare(CompareArgs),
+    /// The worker-scaling sweep under the flash sale (1, 5, 20, 100, 200 consumers).
+    Scale(ScaleArgs),
+    /// Create or delete the SNS/SQS resources of terraform/ on an emulator endpoint (moto, LocalStack).
+    Infra(InfraArgs),
+}
+
+/// Where the load goes (default: a pipeline in this process).
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// Base URL of a deployed receiver (e.g. the load balancer Terraform outputs). Without it, an embedded
+    /// pipeline runs in this process.
+    #[arg(long, env = "LOADTEST_TARGET")]
+    pub target: Option<String>,
+    /// SQS queue URL of the deployed stack, to sample queue depth (uses the standard AWS credential chain).
+    #[arg(long, env = "ORDERS_QUEUE_URL", requires = "target")]
+    pub queue_url: Option<String>,
+    /// Base URL of a deployed worker, to read its /stats (end-to-end latency, processed count).
+    #[arg(long, env = "WORKER_URL", requires = "target")]
+    pub worker_url: Option<String>,
+}
+
+/// The pipeline's settings: used to build the embedded pipeline, and with --target as the deployed stack's
+/// settings for Little's-law predictions. Lab time (a time scale divides them).
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Worker consumers (orders processed at once).
+    #[arg(long, env = "WORKER_CONSUMERS", default_value_t = 1)]
+    pub consumers: usize,
+    /// Simulated payment time per order.
+    #[arg(long, env = "PAYMENT_LATENCY", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub payment_latency: Duration,
+    /// Share of payments declined (0 to 1).
+    #[arg(long, env = "DECLINE_RATE", default_value_t = 0.05)]
+    pub decline_rate: f64,
+    /// How long the sync endpoint waits for the payment slot before answering 504.
+    #[arg(long, env = "SYNC_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub sync_timeout: Duration,
+    /// per-consumer: each consumer has its own one-slot payment gate (throughput N ÷ latency). shared: all
+    /// consumers share one gate of --gate-slots slots (throughput capped at slots ÷ latency).
+    #[arg(long, env = "GATE_MODE", default_value = "per-consumer")]
+    pub gate_mode: GateModeArg,
+    /// Slots of the shared gate (with --gate-mode shared).
+    #[arg(long, env = "GATE_SLOTS", default_value_t = 1)]
+    pub gate_slots: usize,
+}
+
+/// Payment gate arrangement of the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GateModeArg {
+    /// One single-slot gate per consumer.
+    PerConsumer,
+    /// One gate shared by all consumers.
+    Shared,
+}
+
+impl PipelineArgs {
+    fn config(&self) -> anyhow::Result<PipelineConfig> {
+        if !(0.0..=1.0).contains(&self.decline_rate) {
+            bail!("--decline-rate must be between 0 and 1");
+        }
+        if self.consumers == 0 {
+            bail!("--consumers must be at least 1");
+        }
+        Ok(PipelineConfig {
+            consumers: self.consumers,
+            gate_mode: match self.gate_mode {
+                GateModeArg::PerConsumer => worker::GateMode::PerConsumer,
+                GateModeArg::Shared => worker::GateMode::Shared { slots: self.gate_slots.max(1) },
+            },
+            payment_latency: self.payment_latency,
+            decline_rate: self.decline_rate,
+            sync_timeout: self.sync_timeout,
+            ..PipelineConfig::default()
+        })
+    }
+}
+
+/// `up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Loopback port of the receiver.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Loopback port of the worker's /health, /stats, /metrics.
+    #[arg(long, env = "WORKER_PORT", default_value_t = 8081)]
+    pub worker_port: u16,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pipeline: PipelineArgs,
+}
+
+/// Which endpoint to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Endpoint {
+    /// `POST /orders/async`: accept, publish, 202.
+    Async,
+    /// `POST /orders/sync`: wait for the payment, 200/402/504.
+    Sync,
+}
+
+/// Settings common to every load.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// The most requests in flight at once (open model; one connection each). Must cover rate × worst
+    /// latency, or sends fall behind (reported as late).
+    #[arg(long, env = "LOADTEST_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Open model: a send later than this after its intended time counts as late.
+    #[arg(long, env = "LOADTEST_LATE_THRESHOLD", default_value = "1ms", value_parser = humantime::parse_duration)]
+    pub late_threshold: Duration,
+    /// After the load, watch the queue drain for at most this long (real time), then extrapolate.
+    #[arg(long, env = "LOADTEST_DRAIN_CAP", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub drain_cap: Duration,
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The endpoint to load.
+    #[arg(long, env = "LOADTEST_ENDPOINT", default_value = "async")]
+    pub endpoint: Endpoint,
+    /// Open model: requests per second (`60`, `60/s`, `3600/min`).
+    #[arg(long, env = "LOADTEST_RATE", conflicts_with = "users", required_unless_present = "users")]
+    pub rate: Option<Rate>,
+    /// Closed model: concurrent users (Locust-style).
+    #[arg(long, env = "LOADTEST_USERS")]
+    pub users: Option<usize>,
+    /// Closed model: users started per second.
+    #[arg(long, env = "LOADTEST_SPAWN_RATE", default_value_t = 10.0)]
+    pub spawn_rate: f64,
+    /// Closed model: pause between a user's requests, `MIN..MAX` or a fixed `D`.
+    #[arg(long, env = "LOADTEST_WAIT", default_value = "100ms..500ms")]
+    pub wait: WaitArg,
+    /// How long to apply the load.
+    #[arg(long, env = "LOADTEST_DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Request timeout (the lab's load balancer: 10 s).
+    #[arg(long, env = "LOADTEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Timeline resolution.
+    #[arg(long, env = "LOADTEST_SAMPLE_EVERY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sample_every: Duration,
+    /// After the load, watch the queue until it is empty (up to --drain-cap).
+    #[arg(long, env = "LOADTEST_WATCH_DRAIN")]
+    pub watch_drain: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pipeline: PipelineArgs,
+}
+
+/// `compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Time compression K (payment latency ÷ K, rates × K, durations ÷ K). Default 60 on the embedded pipeline
+    /// (the 3 h one-worker drain takes 3 min), 1 with --target (a deployed stack keeps its own clock).
+    #[arg(long, env = "LOADTEST_TIME_SCALE")]
+    pub time_scale: Option<f64>,
+    /// CI preset: K = 100 (unless given) and every scenario shortened to 10 lab seconds.
+    #[arg(long, env = "LOADTEST_QUICK")]
+    pub quick: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pipeline: PipelineArgs,
+}
+
+/// `scale`.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Consumer counts to sweep.
+    #[arg(long, env = "LOADTEST_SCALE_CONSUMERS", value_delimiter = ',', default_value = "1,5,20,100,200")]
+    pub consumers_list: Vec<usize>,
+    /// Time compression K, as for `compare` (default 60 embedded, 1 with --target).
+    #[arg(long, env = "LOADTEST_TIME_SCALE")]
+    pub time_scale: Option<f64>,
+    /// CI preset: K = 100 (unless given) and a 10 lab-second flash sale.
+    #[arg(long, env = "LOADTEST_QUICK")]
+    pub quick: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pipeline: PipelineArgs,
+}
+
+/// `infra`.
+#[derive(Debug, Args)]
+pub struct InfraArgs {
+    /// Create or delete.
+    #[command(subcommand)]
+    pub action: InfraAction,
+}
+
+/// `infra up` / `infra down`.
+#[derive(Debug, Subcommand)]
+pub enum InfraAction {
+    /// Create (or find) the topic, queue, DLQ, policies and subscription; print the env lines to copy.
+    Up(InfraTarget),
+    /// Delete them.
+    Down(InfraTarget),
+}
+
+/// The emulator and the names.
+#[derive(Debug, Args)]
+pub struct InfraTarget {
+    /// SNS/SQS endpoint of the emulator (e.g. http://127.0.0.1:5000 for moto).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint: String,
+    /// Name prefix, like Terraform's var.name: topic and queue `{name}-orders`, DLQ `{name}-orders-dlq`.
+    #[arg(long, env = "INFRA_NAME", default_value = "orderflow")]
+    pub name: String,
+    /// Receives before SQS moves a message to the DLQ.
+    #[arg(long, env = "MAX_RECEIVE_COUNT", default_value_t = 5)]
+    pub max_receive_count: u32,
+    /// The queue's visibility timeout.
+    #[arg(long, env = "VISIBILITY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub visibility_timeout: Duration,
+}
+
+/// A request rate: `60`, `60/s`, `3600/m`, `3600/min`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate(pub f64);
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Rate, String> {
+        let (number, per) = text.split_once('/').unwrap_or((text, "s"));
+        let seconds = match per.trim() {
+            "s" | "sec" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            other => return Err(format!("unknown rate unit {other:?}: use /s, /min or /h")),
+        };
+        let value: f64 = number.trim().parse().map_err(|_| format!("{number:?} is not a number"))?;
+        if !(value > 0.0 && value.is_finite()) {
+            return Err("a rate must be positive".into());
+        }
+        Ok(Rate(value / seconds))
+    }
+}
+
+/// A wait range: `100ms..500ms` or a fixed `200ms`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WaitArg(pub WaitRange);
+
+impl FromStr for WaitArg {
+    type Err = String;
+    fn from_str(text: &str) -> Result<WaitArg, String> {
+        let parse = |t: &str| humantime::parse_duration(t.trim()).map_err(|e| format!("{t:?}: {e}"));
+        let (min, max) = match text.split_once("..") {
+            Some((min, max)) => (parse(min)?, parse(max)?),
+            None => (parse(text)?, parse(text)?),
+        };
+        if min > max {
+            return Err("the wait range's minimum is above its maximum".into());
+        }
+        Ok(WaitArg(WaitRange { min, max }))
+    }
+}
+
+/// Runs a parsed command line; returns when it is done (or interrupted with Ctrl-C).
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ninterrupted: finishing up (Ctrl-C again to quit at once)");
+                stop.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
+    let progress = !cli.no_progress;
+    match cli.command {
+        Command::Up(args) => up(args, &stop).await,
+        Command::Run(args) => {
+            let document = run(args, progress, &stop).await?;
+            println!("{}", render_runs(&document));
+            save(&cli.results_dir, &document)
+        }
+        Command::Compare(args) => {
+            let environment = environment(&args.target, &args.pipeline).await?;
+            let scale = time_scale(args.time_scale, args.quick, &environment)?;
+            let settings = settings(environment, scale, &args.load, progress);
+            let document =
+                crate::compare::compare(&settings, args.load.max_connections, args.quick, &stop).await?;
+            println!("{}", crate::compare::render(&document));
+            save(&cli.results_dir, &document)
+        }
+        Command::Scale(args) => {
+            let environment = environment(&args.target, &args.pipeline).await?;
+            let scale = time_scale(args.time_scale, args.quick, &environment)?;
+            let settings = settings(environment, scale, &args.load, progress);
+            let document = crate::scale::scale(
+                &settings,
+                &args.consumers_list,
+                args.load.max_connections,
+                args.quick,
+                &stop,
+            )
+            .await?;
+            println!("{}", crate::scale::render(&document));
+            save(&cli.results_dir, &document)
+        }
+        Command::Infra(args) => infra(args).await,
+    }
+}
+
+fn settings(
+    environment: Environment,
+    time_scale: TimeScale,
+    load: &LoadArgs,
+    progress: bool,
+) -> ExperimentSettings {
+    ExperimentSettings {
+        environment,
+        time_scale,
+        drain_cap: load.drain_cap,
+        late_threshold: load.late_threshold,
+        sample_every: Duration::from_secs(1),
+        progress,
+    }
+}
+
+/// The default time scale: 60 embedded (100 with --quick), 1 against a deployed stack, which cannot be
+/// compressed.
+fn time_scale(asked: Option<f64>, quick: bool, environment: &Environment) -> anyhow::Result<TimeScale> {
+    match (environment, asked) {
+        (Environment::Deployed { .. }, Some(k)) if k != 1.0 => {
+            bail!(
+                "--time-scale applies to the embedded pipeline only: a deployed stack runs on its own clock"
+            )
+        }
+        (Environment::Deployed { .. }, _) => Ok(TimeScale::REAL),
+        (Environment::Embedded(_), Some(k)) if !(k >= 1.0 && k.is_finite()) => {
+            bail!("--time-scale must be ≥ 1")
+        }
+        (Environment::Embedded(_), Some(k)) => Ok(TimeScale::new(k)),
+        (Environment::Embedded(_), None) => Ok(TimeScale::new(if quick { 100.0 } else { 60.0 })),
+    }
+}
+
+async fn environment(target: &TargetArgs, pipeline: &PipelineArgs) -> anyhow::Result<Environment> {
+    let config = pipeline.config()?;
+    let Some(url) = &target.target else { return Ok(Environment::Embedded(config)) };
+    let resolved = Target::resolve(url).await?;
+    let mut probes = Probes::default();
+    if let Some(queue_url) = &target.queue_url {
+        let sdk = bus::aws::config_from_env().await;
+        probes.queue = Some(Arc::new(bus::aws::AwsConsumer::new(&sdk, queue_url.clone())));
+    }
+    if let Some(worker_url) = &target.worker_url {
+        probes.worker = Some(Arc::new(WorkerUrl::new(&Target::resolve(worker_url).await?)));
+    }
+    Ok(Environment::Deployed {
+        target: resolved,
+        probes,
+        consumers: config.consumers,
+        payment_latency: config.payment_latency,
+    })
+}
+
+async fn up(args: UpArgs, stop: &CancellationToken) -> anyhow::Result<()> {
+    let config = PipelineConfig {
+        receiver_port: args.port,
+        worker_port: Some(args.worker_port),
+        ..args.pipeline.config()?
+    };
+    let pipeline = EmbeddedPipeline::start(&config).await.context("starting the embedded pipeline")?;
+    let receiver = format!("http://{}", pipeline.receiver);
+    println!(
+        "orderflow is up on the embedded bus ({} consumer(s), {:?} payments).",
+        config.consumers, config.payment_latency
+    );
+    println!(
+        "  receiver: {receiver}   (POST /orders/async, POST /orders/sync, GET /stats, /metrics, /health)"
+    );
+    if let Some(worker) = pipeline.worker_http {
+        println!("  worker:   http://{worker}   (GET /stats, /metrics, /health)");
+    }
+    println!(
+        "  try: curl -s -XPOST {receiver}/orders/async -H 'content-type: application/json' \\\n        \
+         -d '{{\"customer_id\":1234,\"items\":[{{\"product_id\":\"PROD-001\",\"quantity\":2,\"price\":49.99}}]}}'"
+    );
+    println!("Ctrl-C stops it.");
+    stop.cancelled().await;
+    pipeline.shutdown().await;
+    Ok(())
+}
+
+async fn run(args: RunArgs, progress: bool, stop: &CancellationToken) -> anyhow::Result<ResultsDocument> {
+    let model = match (args.rate, args.users) {
+        (Some(Rate(rate)), None) => LoadModel::Open(OpenLoad {
+            rate,
+            duration: args.duration,
+            max_connections: args.load.max_connections,
+            timeout: args.timeout,
+        }),
+        (None, Some(users)) => LoadModel::Closed(ClosedLoad {
+            users,
+            spawn_rate: args.spawn_rate,
+            wait: args.wait.0,
+            duration: args.duration,
+            timeout: args.timeout,
+        }),
+        _ => bail!("give either --rate (open model) or --users (closed model)"),
+    };
+    let environment = environment(&args.target, &args.pipeline).await?;
+    let mut document = ResultsDocument::new("run", &environment.describe(), 1.0);
+    let settings = ExperimentSettings {
+        sample_every: args.sample_every,
+        ..settings(environment, TimeScale::REAL, &args.load, progress)
+    };
+    let mode = match args.endpoint {
+        Endpoint::Async => "async",
+        Endpoint::Sync => "sync",
+    };
+    let request = RunRequest {
+        scenario: "custom".into(),
+        mode: mode.into(),
+        lab_load: model,
+        watch_drain: args.watch_drain,
+        consumers: None,
+    };
+    let outcome = experiment::run(&settings, &request, stop).await?;
+    document.runs.push(outcome.result);
+    Ok(document)
+}
+
+/// A short Locust-style summary of each run.
+fn render_runs(document: &ResultsDocument) -> String {
+    let mut out = String::new();
+    for run in &document.runs {
+        let l = &run.latency;
+        out.push_str(&format!(
+            "\n{} → {}\n  requests {}  accepted {:.1}%  failures: {}\n  latency ms: avg {:.1}  min {:.1}  p50 {:.1}  p95 {:.1}  \
+             p99 {:.1}  max {:.1}\n  throughput {:.1} req/s ({:.1} accepted/s)\n",
+            run.name,
+            run.path,
+            run.outcomes.total(),
+            run.accepted_pct,
+            crate::outcome::FailureKind::ALL
+                .iter()
+                .map(|&k| format!("{} {}", k.name(), run.outcomes.failures_of(k)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            l.mean_ms,
+            l.min_ms,
+            l.p50_ms,
+            l.p95_ms,
+            l.p99_ms,
+            l.max_ms,
+            run.throughput_per_s,
+            run.accepted_per_s
+        ));
+        if let Some(schedule) = run.schedule {
+            out.push_str(&format!(
+                "  schedule: {} sent late (> {} ms), lag p99 {:.3} ms, {} connections\n",
+                schedule.late, schedule.late_threshold_ms, schedule.lag.p99_ms, schedule.connections
+            ));
+        }
+        if let Some(queue) = run.queue {
+            out.push_str(&format!(
+                "  queue: peak backlog {}, {} at load end",
+                queue.peak_backlog, queue.backlog_at_load_end
+            ));
+            if let Some(drain) = queue.drain {
+                out.push_str(&format!(
+                    ", drain {:.2} s{} (Little's law {:.2} s)",
+                    drain.measured_s,
+                    if drain.finished { "" } else { " capped" },
+                    drain.predicted_s
+                ));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Writes the document, its CSVs and its HTML report into a new sub-directory of `results_dir`.
+fn save(results_dir: &Path, document: &ResultsDocument) -> anyhow::Result<()> {
+    let dir =
+        results_dir.join(format!("{}-{}", document.command, document.created_at.format("%Y%m%d-%H%M%S")));
+    let html = crate::report::render(document);
+    let written =
+        write_all(&dir, document, &html).with_context(|| format!("writing results to {}", dir.display()))?;
+    println!("results: {} ({} files; open report.html in a browser)", dir.display(), written.len());
+    Ok(())
+}
+
+async fn infra(args: InfraArgs) -> anyhow::Result<()> {
+    let (target, up) = match args.action {
+        InfraAction::Up(target) => (target, true),
+        InfraAction::Down(target) => (target, false),
+    };
+    let sdk = bus::aws::config_for_emulator(&target.endpoint).await;
+    let spec = bus::aws::provision::ProvisionSpec {
+        max_receive_count: target.max_receive_count,
+        visibility_timeout: target.visibility_timeout,
+        ..bus::aws::provision::ProvisionSpec::named(&target.name)
+    };
+    if up {
+        let created = bus::aws::provision::provision(&sdk, &spec).await.context("provisioning")?;
+        print!("{}", created.env_lines());
+    } else {
+        for deleted in bus::aws::provision::teardown(&sdk, &spec).await.context("tearing down")? {
+            println!("deleted {deleted}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The whole order pipeline in one process, on the embedded bus: the receiver on a loopback port, the
+//! embedded SNS topic → SQS queue (+ DLQ), and the worker with its consumers on a runtime of its own.
+//!
+//! The worker gets its own single-threaded runtime (threads named [`WORKER_THREAD_NAME`]) so that its CPU time
+//! can be measured apart from the receiver's and the generator's, and so that, like the lab's quarter-vCPU
+//! task, it has one core's worth of threads at most.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bus::embedded::{EmbeddedStack, StackConfig};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use orders::PaymentConfig;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use worker::{GateMode, Worker, WorkerConfig, WorkerHandle};
+
+use crate::probe::{Probes, WorkerStatsSource};
+
+/// Name of the worker runtime's threads (Linux shows the first 15 bytes), used to measure its CPU time.
+pub const WORKER_THREAD_NAME: &str = "orderflow-worker";
+
+/// How the embedded pipeline is configured: the knobs of the experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// Worker consumers (orders processed at once).
+    pub consumers: usize,
+    /// Per-consumer gates (throughput N ÷ L) or one shared gate.
+    pub gate_mode: GateMode,
+    /// Simulated payment time, for the sync endpoint's gate and the worker's gates.
+    pub payment_latency: Duration,
+    /// Share of payments declined.
+    pub decline_rate: f64,
+    /// How long the sync endpoint waits for the payment slot before answering 504.
+    pub sync_timeout: Duration,
+    /// Loopback port for the receiver (0: any free port).
+    pub receiver_port: u16,
+    /// Loopback port for the worker's `/health`, `/stats`, `/metrics` (`None`: not served).
+    pub worker_port: Option<u16>,
+}
+
+impl Default for PipelineConfig {
+    /// The lab's settings: one consumer, 3 s payments, 5% declines, 10 s sync timeout.
+    fn default() -> Self {
+        PipelineConfig {
+            consumers: 1,
+            gate_mode: GateMode::PerConsumer,
+            payment_latency: Duration::from_secs(3),
+            decline_rate: 0.05,
+            sync_timeout: Duration::from_secs(10),
+            receiver_port: 0,
+            worker_port: None,
+        }
+    }
+}
+
+/// The Prometheus recorder of this process, installed on first use (a process can have only one).
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                tracing::warn!(%error, "cannot install the Prometheus recorder; /metrics will be empty");
+                None
+            }
+        })
+        .clone()
+}
+
+/// A running embedded pipeline. Stop it with [`EmbeddedPipeline::shutdown`].
+pub struct EmbeddedPipeline {
+    /// The receiver's address (`http://{receiver}/orders/async`).
+    pub receiver: SocketAddr,
+    /// The worker's HTTP address, when served.
+    pub worker_http: Option<SocketAddr>,
+    /// The topic, queue and DLQ.
+    pub stack: EmbeddedStack,
+    worker: WorkerHandle,
+    stop: CancellationToken,
+    receiver_task: JoinHandle<std::io::Result<()>>,
+    worker_task: JoinHandle<()>,
+    worker_runtime: tokio::runtime::Runtime,
+}
+
+impl EmbeddedPipeline {
+    /// Builds the stack and starts the receiver and the worker. Must be called within a tokio runtime.
+    pub async fn start(config: &PipelineConfig) -> std::io::Result<EmbeddedPipeline> {
+        let metrics = metrics_handle();
+        let stack = EmbeddedStack::new(StackConfig::default());
+        let payment = PaymentConfig {
+            latency: config.payment_latency,
+            decline_rate: config.decline_rate,
+            ..Default::default()
+        };
+        let stop = CancellationToken::new();
+
+        let receiver_config = receiver::Config {
+            sync_timeout: config.sync_timeout,
+            payment: PaymentConfig { slots: 1, ..payment.clone() },
+            shutdown_deadline: Duration::from_secs(2),
+            ..receiver::Config::default()
+        };
+        let listener = TcpListener::bind(("127.0.0.1", config.receiver_port)).await?;
+        let receiver = listener.local_addr()?;
+        let state = receiver::AppState::new(receiver_config, Arc::new(stack.topic.clone()), metrics.clone());
+        let receiver_task = tokio::spawn(receiver::run(listener, state, stop.clone().cancelled_owned()));
+
+        let worker_config = WorkerConfig {
+            consumers: config.consumers,
+            gate_mode: config.gate_mode,
+            payment,
+            shutdown_deadline: Duration::from_secs(2),
+            ..WorkerConfig::default()
+        };
+        let worker_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(WORKER_THREAD_NAME)
+            .enable_all()
+            .build()?;
+        let worker = {
+            let _inside = worker_runtime.enter();
+            Worker::new(worker_config, Arc::new(stack.queue.clone()))
+        };
+        let handle = worker.handle();
+        let worker_http = match config.worker_port {
+            Some(port) => {
+                let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+                let addr = listener.local_addr()?;
+                let (handle, metrics, stop) = (handle.clone(), metrics.clone(), stop.clone());
+                tokio::spawn(async move {
+                    if let Err(error) =
+                        worker::serve_http(listener, handle, metrics, stop.cancelled_owned()).await
+                    {
+                        tracing::error!(%error, "worker HTTP server failed");
+                    }
+                });
+                Some(addr)
+            }
+            None => None,
+        };
+        let worker_task = {
+            let stop = stop.clone();
+            worker_runtime.spawn(async move {
+                if let Err(error) = worker.run(stop.cancelled_owned()).await {
+                    tracing::error!(%error, "worker stopped with an error");
+                }
+            })
+        };
+        Ok(EmbeddedPipeline {
+            receiver,
+            worker_http,
+            stack,
+            worker: handle,
+            stop,
+            receiver_task,
+            worker_task,
+            worker_runtime,
+        })
+    }
+
+    /// The worker's handle (stats, outage switch).
+    pub fn worker(&self) -> &WorkerHandle {
+        &self.worker
+    }
+
+    /// Probes reading the embedded queue and the in-process worker.
+    pub fn probes(&self) -> Probes {
+        Probes {
+            queue: Some(Arc::new(self.stack.queue.clone())),
+            worker: Some(Arc::new(InProcessWorker(self.worker.clone()))),
+        }
+    }
+
+    /// Stops the receiver and the worker gracefully (each within its shutdown deadline) and waits for both.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        if let Ok(Err(error)) = self.receiver_task.await {
+            tracing::warn!(%error, "receiver stopped with an error");
+        }
+        let _ = self.worker_task.await;
+        self.worker_runtime.shutdown_background();
+    }
+}
+
+/// The worker's stats straight from its handle, as the same JSON `/stats` serves.
+struct InProcessWorker(WorkerHandle);
+
+#[async_trait]
+impl WorkerStatsSource for InProcessWorker {
+    async fn stats(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.0.stats()).ok()
+    }
+}
+
+/// CPU time used so far by the worker runtime's threads (Linux; `None` elsewhere or when unreadable).
+pub fn worker_cpu_time() -> Option<Duration> {
+    thread_cpu_time(&WORKER_THREAD_NAME[..15])
+}
+
+/// CPU time (user + system) of this process's threads whose name starts with `prefix`, from `/proc`.
+fn thread_cpu_time(prefix: &str) -> Option<Duration> {
+    // Linux reports thread times in clock ticks of USER_HZ, which is 100 on every Linux ABI.
+    const TICKS_PER_SECOND: u64 = 100;
+    let mut ticks = 0u64;
+    let mut found = false;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else { continue };
+        if !name.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else { continue };
+        // Fields after the parenthesised name: state is field 3, utime 14 and stime 15 (1-based).
+        let after_name = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let user: u64 = fields.get(11)?.parse().ok()?;
+        let system: u64 = fields.get(12)?.parse().ok()?;
+        ticks += user + system;
+        found = true;
+    }
+    found.then(|| Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+}
+
+/// Resident memory of this process now, in MiB (Linux; `None` elsewhere).
+pub fn resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -1,0 +1,148 @@
+//! `scale`: the worker-scaling sweep. The flash sale (60 orders/s for 60 lab seconds) against the async
+//! endpoint with 1, 5, 20, 100, 200 consumers: processing rate, peak backlog, drain time, worker CPU and RSS,
+//! and Little's law's minimum consumers (rate × latency) beside what was measured.
+
+use std::fmt::Write as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::experiment::{self, Environment, ExperimentSettings, RunRequest};
+use crate::results::{ResultsDocument, ScalingPoint};
+use crate::runner::LoadModel;
+use crate::scenario::{LAB_PAYMENT_LATENCY, TimeScale, lab_scenarios};
+
+/// The lab's sweep.
+pub const DEFAULT_CONSUMERS: [usize; 5] = [1, 5, 20, 100, 200];
+
+/// Runs the flash sale once per consumer count and returns the results document (runs and scaling points).
+pub async fn scale(
+    settings: &ExperimentSettings,
+    consumers: &[usize],
+    max_connections: usize,
+    quick: bool,
+    stop: &CancellationToken,
+) -> std::io::Result<ResultsDocument> {
+    let k = settings.time_scale;
+    let mut document = ResultsDocument::new("scale", &settings.environment.describe(), k.factor());
+    let flash = lab_scenarios(max_connections, quick)
+        .into_iter()
+        .find(|s| s.name == "flash-sale-open")
+        .expect("a lab scenario");
+    let LoadModel::Open(lab_load) = &flash.load else {
+        unreachable!("the flash sale is an open-model scenario")
+    };
+    let lab_latency = match &settings.environment {
+        Environment::Embedded(config) => config.payment_latency,
+        Environment::Deployed { payment_latency, .. } => *payment_latency,
+    };
+    if lab_latency != LAB_PAYMENT_LATENCY || k.factor() > 1.0 {
+        document.notes.push(format!(
+            "Payment latency {} ms at lab speed; time scale K = {}: times ÷ K, rates × K on the run's clock.",
+            lab_latency.as_millis(),
+            k.factor()
+        ));
+    }
+    document.notes.push(format!(
+        "Drains are watched for at most {} s real time, then extrapolated from the measured rate.",
+        settings.drain_cap.as_secs()
+    ));
+    let offered = k.rate(lab_load.rate);
+    let latency = k.duration(lab_latency);
+    let min_consumers = (offered * latency.as_secs_f64()).ceil() as u64;
+    for &n in consumers {
+        if stop.is_cancelled() {
+            break;
+        }
+        let request = RunRequest {
+            scenario: format!("scale-{n}"),
+            mode: "async".to_owned(),
+            lab_load: flash.load.clone(),
+            watch_drain: true,
+            consumers: Some(n),
+        };
+        let outcome = experiment::run(settings, &request, stop).await?;
+        let result = &outcome.result;
+        let queue = result.queue.unwrap_or(crate::results::QueueReport {
+            peak_backlog: 0,
+            peak_at_s: 0.0,
+            backlog_at_load_end: 0,
+            drain: None,
+        });
+        let drain = queue.drain;
+        let drain_s = drain.map_or(0.0, |d| d.measured_s);
+        let processed = result.worker.as_ref().and_then(|w| w.processed).unwrap_or(0);
+        document.scaling.push(ScalingPoint {
+            consumers: n,
+            offered_rate_per_s: offered,
+            capacity_per_s: n as f64 / latency.as_secs_f64(),
+            processing_rate_per_s: processed as f64 / (result.load_duration_s + drain_s).max(1e-9),
+            peak_backlog: queue.peak_backlog,
+            drain_s,
+            drain_predicted_s: drain.map_or(0.0, |d| d.predicted_s),
+            drain_finished: drain.is_none_or(|d| d.finished),
+            worker_cpu_cores: outcome.worker_cpu_cores,
+            rss_mib: outcome.rss_mib,
+            min_consumers_littles_law: min_consumers,
+            kept_up: queue.peak_backlog as f64 <= 1.2 * offered * latency.as_secs_f64() + 10.0,
+        });
+        document.runs.push(outcome.result);
+    }
+    Ok(document)
+}
+
+/// The sweep as a table, as printed after `scale`.
+pub fn render(document: &ResultsDocument) -> String {
+    let k = TimeScale::new(document.time_scale);
+    let mut out = format!("\norderflow scale — target: {}\n", document.target);
+    for note in &document.notes {
+        let _ = writeln!(out, "  * {note}");
+    }
+    let _ = writeln!(
+        out,
+        "\n{:>9}{:>12}{:>12}{:>14}{:>12}{:>14}{:>14}{:>16}{:>10}{:>9}{:>9}",
+        "consumers",
+        "offered/s",
+        "N/L /s",
+        "processed/s",
+        "peak",
+        "drain s",
+        "Little s",
+        "lab-speed drain",
+        "CPU",
+        "RSS MiB",
+        "kept up"
+    );
+    for p in &document.scaling {
+        let _ = writeln!(
+            out,
+            "{:>9}{:>12.1}{:>12.1}{:>14.1}{:>12}{:>14}{:>14.2}{:>16}{:>10}{:>9}{:>9}",
+            p.consumers,
+            p.offered_rate_per_s,
+            p.capacity_per_s,
+            p.processing_rate_per_s,
+            p.peak_backlog,
+            format!("{:.2}{}", p.drain_s, if p.drain_finished { "" } else { "+" }),
+            p.drain_predicted_s,
+            crate::compare::human(p.drain_s * k.factor()),
+            p.worker_cpu_cores.map_or("–".into(), |c| format!("{c:.2}")),
+            p.rss_mib.map_or("–".into(), |m| format!("{m:.0}")),
+            if p.kept_up { "yes" } else { "no" },
+        );
+    }
+    if let Some(first) = document.scaling.first() {
+        let measured_min = document.scaling.iter().find(|p| p.kept_up).map(|p| p.consumers);
+        let _ = writeln!(
+            out,
+            "\nLittle's law: at {:.1} orders/s and {:.1} ms per payment, at least {} consumers keep up; of this sweep, \
+             the fewest that kept up: {}.  (lab: 60/s × 3 s = 180; 200 consumers had no backlog)",
+            first.offered_rate_per_s,
+            1000.0 * first.consumers as f64 / first.capacity_per_s,
+            first.min_consumers_littles_law,
+            measured_min.map_or("none".to_owned(), |n| n.to_string()),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "(lab drains: 1 → 2.99 h, 5 → 35.2 min, 20 → 8.0 min, 100 → 48 s, 200 → none; '+' = capped)"
+    );
+    out
+}
