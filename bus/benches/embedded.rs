@@ -77,7 +77,11 @@ async fn measure() -> Vec<String> {
         mib(MEMORY_CEILING_BYTES),
     );
     if grown >= MEMORY_CEILING_BYTES {
-        failures.push(format!("{DEEP} messages took {:.0} MiB, ceiling {} MiB", mib(grown), mib(MEMORY_CEILING_BYTES)));
+        failures.push(format!(
+            "{DEEP} messages took {:.0} MiB, ceiling {} MiB",
+            mib(grown),
+            mib(MEMORY_CEILING_BYTES)
+        ));
     }
 
     let deep_rate = best_rate(&deep_topic, &deep_queue, &body).await;

@@ -130,6 +130,22 @@ async fn the_latest_handle_still_deletes_after_the_timeout_if_nobody_received_it
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_handle_of_a_deleted_message_does_not_touch_a_later_one() {
+    // The later message takes over the deleted one's storage and has the same receive count: the handle must
+    // still not match it.
+    let queue = queue();
+    queue.send(OutgoingMessage::new("first")).unwrap();
+    let first = receive_one(&queue).await;
+    queue.delete(first.receipt_handle.clone()).await.unwrap();
+    queue.send(OutgoingMessage::new("second")).unwrap();
+    let second = receive_one(&queue).await;
+    assert_eq!(second.receive_count, first.receive_count);
+    assert_invalid_handle(queue.delete(first.receipt_handle.clone()).await);
+    assert_invalid_handle(queue.change_visibility(first.receipt_handle, Duration::ZERO).await);
+    assert_eq!(depth(&queue), (0, 1));
+}
+
+#[tokio::test(start_paused = true)]
 async fn handles_from_another_queue_or_made_up_are_rejected() {
     let (a, b) = (queue(), queue());
     a.send(OutgoingMessage::new("m")).unwrap();

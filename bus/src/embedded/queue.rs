@@ -3,28 +3,32 @@
 //! Layout, chosen so every call is O(log n) or better however deep the queue is:
 //!
 //! - one `std::sync::Mutex` per queue around [`QueueState`], never held across an `.await`;
-//! - messages live in a map keyed by a per-queue sequence number that is never reused;
-//! - visible messages wait in a FIFO of sequence numbers. Deleting a visible message (allowed with its latest
-//!   receipt handle) or expiring it leaves its number behind; receive skips numbers whose message is gone;
-//! - in-flight messages are indexed by `(visibility deadline, seq)` in a `BTreeSet`, so the next due message is
+//! - messages live in a [`Slab`]: a dense vector whose freed slots are reused, so a deep queue costs little
+//!   more than its messages and a steady publish/delete flow keeps touching the same, cached slots. Each message
+//!   also carries a per-queue sequence number that is never reused, which tells a message from a later one
+//!   that reused its slot;
+//! - visible messages wait in a FIFO of `(slot, seq)`. Deleting a visible message (allowed with its latest
+//!   receipt handle) or expiring it leaves its entry behind; receive skips entries whose message is gone;
+//! - in-flight messages are indexed by `(visibility deadline, slot)` in a `BTreeSet`, so the next due message is
 //!   the first entry. Entries are removed explicitly on delete: a lazily invalidated heap would keep an entry
 //!   for every deleted message until its deadline (at 500,000 messages/s and 30 s, 15 million entries);
-//! - retention is indexed by `(enqueue time, seq)` the same way. Arrival order is not enough: a message moved
+//! - retention is indexed by `(enqueue time, slot)` the same way. Arrival order is not enough: a message moved
 //!   to the dead-letter queue keeps its original, older enqueue time;
-//! - a receipt handle encodes `(queue, seq, receive count)`: a handle from before a redelivery carries an older
-//!   receive count and is rejected in O(1) without touching the redelivered copy;
+//! - a receipt handle encodes `(queue, slot, seq, receive count)`: a handle from before a redelivery carries an
+//!   older receive count and is rejected in O(1) without touching the redelivered copy;
 //! - counters (visible) and index sizes (in flight) make `stats` O(1).
 //!
 //! Timers are lazy: every operation first makes due in-flight messages visible again and drops messages past
 //! retention. A long-polling receiver sleeps until a message arrives (a [`Notify`] permit per message) or the
 //! earliest visibility deadline passes, whichever is first; it never spins.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use slab::Slab;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -99,17 +103,18 @@ struct Rules {
 /// The mutable part of a queue. Every method takes `now` so time is read once per call.
 struct QueueState {
     rules: Rules,
-    /// Every message in the queue (visible or in flight), by sequence number.
-    messages: HashMap<u64, StoredMessage>,
-    /// Visible messages in delivery order. May hold numbers of messages since deleted or expired; see the
-    /// module docs.
-    visible: VecDeque<u64>,
+    /// Every message in the queue (visible or in flight), by slot.
+    messages: Slab<StoredMessage>,
+    /// Visible messages in delivery order, as `(slot, seq)`. May hold entries of messages since deleted or
+    /// expired; see the module docs.
+    visible: VecDeque<(usize, u64)>,
     /// How many messages are visible (the FIFO's length minus its stale entries).
     visible_count: usize,
-    /// In-flight messages by `(visibility deadline, seq)`.
-    in_flight: BTreeSet<(Instant, u64)>,
-    /// Every message by `(enqueue time, seq)`, for retention and the oldest message's age.
-    by_age: BTreeSet<(Instant, u64)>,
+    /// In-flight messages by `(visibility deadline, slot)`.
+    in_flight: BTreeSet<(Instant, usize)>,
+    /// Every message by `(enqueue time, slot)`, for retention and the oldest message's age.
+    by_age: BTreeSet<(Instant, usize)>,
+    /// The next message's sequence number; never reused.
     next_seq: u64,
     /// While set, every port call fails with this error.
     failure: Option<BusError>,
@@ -117,6 +122,8 @@ struct QueueState {
 
 /// A message as the queue keeps it.
 struct StoredMessage {
+    /// Unique within the queue, unlike the slot.
+    seq: u64,
     id: Uuid,
     body: String,
     attributes: BTreeMap<String, String>,
@@ -167,7 +174,7 @@ impl EmbeddedQueue {
         };
         let state = QueueState {
             rules,
-            messages: HashMap::new(),
+            messages: Slab::new(),
             visible: VecDeque::new(),
             visible_count: 0,
             in_flight: BTreeSet::new(),
@@ -382,20 +389,20 @@ impl QueueState {
 
     /// Drops messages past retention and makes in-flight messages whose deadline has passed visible again.
     fn expire(&mut self, now: Instant) {
-        while let Some(&(enqueued_at, seq)) = self.by_age.first() {
+        while let Some(&(enqueued_at, slot)) = self.by_age.first() {
             if now.saturating_duration_since(enqueued_at) < self.rules.retention {
                 break;
             }
-            self.remove(seq);
+            self.remove(slot);
         }
-        while let Some(&(deadline, seq)) = self.in_flight.first() {
+        while let Some(&(deadline, slot)) = self.in_flight.first() {
             if deadline > now {
                 break;
             }
             self.in_flight.pop_first();
-            let message = self.messages.get_mut(&seq).expect("an in-flight entry always has its message");
+            let message = &mut self.messages[slot];
             message.lease = None;
-            self.visible.push_back(seq);
+            self.visible.push_back((slot, message.seq));
             self.visible_count += 1;
         }
     }
@@ -409,6 +416,7 @@ impl QueueState {
     ) -> Uuid {
         let id = message_id(self.rules.tag, self.next_seq);
         self.insert_moved(StoredMessage {
+            seq: 0,
             id,
             body,
             attributes,
@@ -420,30 +428,33 @@ impl QueueState {
         id
     }
 
-    /// Inserts a message as visible, keeping its id and enqueue time (which a moved message brings along).
+    /// Inserts a message as visible with a fresh sequence number, keeping its id and enqueue time (which a
+    /// moved message brings along).
     fn insert_moved(&mut self, mut message: StoredMessage) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        message.seq = seq;
         message.receive_count = 0;
         message.lease = None;
-        self.by_age.insert((message.enqueued_at, seq));
-        self.messages.insert(seq, message);
-        self.visible.push_back(seq);
+        let enqueued_at = message.enqueued_at;
+        let slot = self.messages.insert(message);
+        self.by_age.insert((enqueued_at, slot));
+        self.visible.push_back((slot, seq));
         self.visible_count += 1;
     }
 
     /// Removes a message wherever it is, keeping the indexes and counters exact.
-    fn remove(&mut self, seq: u64) -> Option<StoredMessage> {
-        let message = self.messages.remove(&seq)?;
-        self.by_age.remove(&(message.enqueued_at, seq));
+    fn remove(&mut self, slot: usize) -> StoredMessage {
+        let message = self.messages.remove(slot);
+        self.by_age.remove(&(message.enqueued_at, slot));
         match message.lease {
             Some(lease) => {
-                self.in_flight.remove(&(lease.deadline, seq));
+                self.in_flight.remove(&(lease.deadline, slot));
             }
-            // Its number stays in the visible FIFO; receive skips it.
+            // Its entry stays in the visible FIFO; receive skips it.
             None => self.visible_count -= 1,
         }
-        Some(message)
+        message
     }
 
     /// Receives up to `max` visible messages; messages already received `max_receive_count` times go to `dead`.
@@ -455,22 +466,30 @@ impl QueueState {
     ) -> Vec<ReceivedMessage> {
         let mut received = Vec::new();
         while received.len() < max {
-            let Some(seq) = self.visible.pop_front() else { break };
-            let Some(message) = self.messages.get_mut(&seq) else { continue };
+            let Some((slot, seq)) = self.visible.pop_front() else { break };
+            // A stale entry: the message was deleted or expired, and its slot may hold another one by now.
+            let Some(message) = self.messages.get_mut(slot).filter(|message| message.seq == seq) else {
+                continue;
+            };
             debug_assert!(message.lease.is_none(), "a message in the visible FIFO is never in flight");
             if self.rules.max_receive_count.is_some_and(|limit| message.receive_count >= limit) {
-                dead.extend(self.remove(seq));
+                dead.push(self.remove(slot));
                 continue;
             }
             message.receive_count += 1;
             let deadline = now + self.rules.visibility_timeout;
             message.lease = Some(Lease { received_at: now, deadline });
-            self.in_flight.insert((deadline, seq));
+            self.in_flight.insert((deadline, slot));
             self.visible_count -= 1;
             received.push(ReceivedMessage {
                 message_id: message.id.to_string(),
-                receipt_handle: Receipt { tag: self.rules.tag, seq, receive_count: message.receive_count }
-                    .encode(),
+                receipt_handle: Receipt {
+                    tag: self.rules.tag,
+                    slot: slot as u64,
+                    seq,
+                    receive_count: message.receive_count,
+                }
+                .encode(),
                 body: message.body.clone(),
                 attributes: message.attributes.clone(),
                 receive_count: message.receive_count,
@@ -486,13 +505,16 @@ impl QueueState {
     }
 
     /// Finds the message a handle refers to, if the handle is for this queue and is the latest receive.
-    fn resolve(&self, handle: &ReceiptHandle) -> Result<u64, BusError> {
+    fn resolve(&self, handle: &ReceiptHandle) -> Result<usize, BusError> {
         let receipt =
             Receipt::decode(&handle.0).filter(|receipt| receipt.tag == self.rules.tag).ok_or_else(|| {
                 BusError::ReceiptHandleInvalid(format!("{handle} is not a handle of this queue"))
             })?;
-        match self.messages.get(&receipt.seq) {
-            Some(message) if message.receive_count == receipt.receive_count => Ok(receipt.seq),
+        let slot = usize::try_from(receipt.slot).ok();
+        match slot.and_then(|slot| self.messages.get(slot)).filter(|message| message.seq == receipt.seq) {
+            Some(message) if message.receive_count == receipt.receive_count => {
+                Ok(slot.expect("found by slot"))
+            }
             Some(_) => Err(BusError::ReceiptHandleInvalid(format!(
                 "{handle} is stale: the message was received again since"
             ))),
@@ -505,8 +527,8 @@ impl QueueState {
     /// Deletes the message of the latest receive; like SQS, that works even if its visibility has run out, as
     /// long as nobody received it again.
     fn delete(&mut self, handle: &ReceiptHandle) -> EntryResult<()> {
-        let seq = self.resolve(handle)?;
-        self.remove(seq);
+        let slot = self.resolve(handle)?;
+        self.remove(slot);
         Ok(())
     }
 
@@ -517,8 +539,8 @@ impl QueueState {
                 change.timeout
             )));
         }
-        let seq = self.resolve(&change.receipt_handle)?;
-        let message = self.messages.get_mut(&seq).expect("resolve found it");
+        let slot = self.resolve(&change.receipt_handle)?;
+        let message = &mut self.messages[slot];
         let Some(lease) = &mut message.lease else {
             return Err(BusError::ReceiptHandleInvalid(format!(
                 "{}: the message is not in flight (its visibility timeout ran out)",
@@ -533,9 +555,9 @@ impl QueueState {
                 change.timeout
             )));
         }
-        self.in_flight.remove(&(lease.deadline, seq));
+        self.in_flight.remove(&(lease.deadline, slot));
         lease.deadline = deadline;
-        self.in_flight.insert((deadline, seq));
+        self.in_flight.insert((deadline, slot));
         Ok(())
     }
 
@@ -571,19 +593,23 @@ pub(crate) fn message_id(tag: u64, seq: u64) -> Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
-/// What a receipt handle encodes: 40 hex digits of queue tag, sequence number and receive count.
+/// What a receipt handle encodes: 56 hex digits of queue tag, slot, sequence number and receive count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Receipt {
     tag: u64,
+    slot: u64,
     seq: u64,
     receive_count: u32,
 }
 
 impl Receipt {
-    const LEN: usize = 16 + 16 + 8;
+    const LEN: usize = 16 + 16 + 16 + 8;
 
     fn encode(self) -> ReceiptHandle {
-        ReceiptHandle(format!("{:016x}{:016x}{:08x}", self.tag, self.seq, self.receive_count))
+        ReceiptHandle(format!(
+            "{:016x}{:016x}{:016x}{:08x}",
+            self.tag, self.slot, self.seq, self.receive_count
+        ))
     }
 
     fn decode(handle: &str) -> Option<Self> {
@@ -592,8 +618,9 @@ impl Receipt {
         }
         let receipt = Self {
             tag: u64::from_str_radix(&handle[..16], 16).ok()?,
-            seq: u64::from_str_radix(&handle[16..32], 16).ok()?,
-            receive_count: u32::from_str_radix(&handle[32..], 16).ok()?,
+            slot: u64::from_str_radix(&handle[16..32], 16).ok()?,
+            seq: u64::from_str_radix(&handle[32..48], 16).ok()?,
+            receive_count: u32::from_str_radix(&handle[48..], 16).ok()?,
         };
         // Receive counts start at 1: a zero count was never handed out.
         (receipt.receive_count > 0).then_some(receipt)
@@ -606,7 +633,7 @@ mod tests {
 
     #[test]
     fn receipt_round_trips_and_rejects_garbage() {
-        let receipt = Receipt { tag: u64::MAX, seq: 42, receive_count: 7 };
+        let receipt = Receipt { tag: u64::MAX, slot: 3, seq: 42, receive_count: 7 };
         assert_eq!(Receipt::decode(&receipt.encode().0), Some(receipt));
         assert_eq!(Receipt::decode(""), None);
         assert_eq!(Receipt::decode("not a handle"), None);
