@@ -3,8 +3,9 @@
 #
 # Starts moto server (a real third-party SNS/SQS implementation, from PyPI) on a free loopback port, exports
 # MOTO_ENDPOINT for the tests that need it, builds the binaries the end-to-end tests start as separate processes,
-# runs `cargo test --workspace -- --include-ignored` (extra arguments are passed to the test binaries), and stops
-# moto on the way out, whatever happens. Exits with cargo's status.
+# runs `cargo test --workspace --no-fail-fast -- --include-ignored` (extra arguments are passed to the test
+# binaries; --no-fail-fast reports every failing crate, not just the first), and stops moto on the way out,
+# whatever happens. Exits with cargo's status.
 #
 #   scripts/test.sh                     # everything
 #   scripts/test.sh aws_                # only tests whose name contains "aws_"
@@ -59,5 +60,5 @@ echo "test.sh: moto server on $MOTO_ENDPOINT (pid $moto_pid)" >&2
 
 cargo build --workspace --bins
 status=0
-cargo test --workspace -- --include-ignored "$@" || status=$?
+cargo test --workspace --no-fail-fast -- --include-ignored "$@" || status=$?
 exit "$status"

@@ -104,7 +104,13 @@ impl Service {
 }
 
 impl Drop for Service {
+    /// Kills the process; shows its log when the test is failing, and deletes the log otherwise.
     fn drop(&mut self) {
         self.kill_hard();
+        if std::thread::panicking() {
+            eprintln!("--- last output of {} ({}) ---\n{}", self.name, self.log.display(), self.log_tail());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
