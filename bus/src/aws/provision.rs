@@ -73,6 +73,11 @@ impl ProvisionSpec {
                 "dead_letter_retention must be 1 minute to 14 days",
             ),
             (!(1..=1000).contains(&self.max_receive_count), "max_receive_count must be 1 to 1000"),
+            (
+                self.dead_letter_retention <= self.retention,
+                "dead_letter_retention must exceed retention: a message moved to the DLQ keeps its original \
+                 enqueue time",
+            ),
         ];
         match problems.iter().find(|(broken, _)| *broken) {
             Some((_, problem)) => Err(BusError::InvalidParameter((*problem).into())),
@@ -169,7 +174,7 @@ pub async fn provision(config: &SdkConfig, spec: &ProvisionSpec) -> Result<Provi
     let queue_policy = json!({
         "Version": "2012-10-17",
         "Statement": [{
-            "Sid": "OrdersTopicOnly",
+            "Sid": "OrdersTopicDeliversToOrdersQueue",
             "Effect": "Allow",
             "Principal": { "Service": "sns.amazonaws.com" },
             "Action": "sqs:SendMessage",
@@ -412,6 +417,9 @@ mod tests {
         let spec = ProvisionSpec { max_receive_count: 0, ..ProvisionSpec::default() };
         assert!(matches!(spec.check(), Err(BusError::InvalidParameter(_))));
         let spec = ProvisionSpec { receive_wait: Duration::from_secs(21), ..ProvisionSpec::default() };
+        assert!(matches!(spec.check(), Err(BusError::InvalidParameter(_))));
+        let spec =
+            ProvisionSpec { dead_letter_retention: Duration::from_secs(345_600), ..ProvisionSpec::default() };
         assert!(matches!(spec.check(), Err(BusError::InvalidParameter(_))));
     }
 
