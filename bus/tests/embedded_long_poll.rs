@@ -111,6 +111,34 @@ async fn a_long_poll_notices_a_deadline_moved_earlier() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_sleeping_long_poll_hears_of_a_visibility_timeout_shorter_than_its_wait() {
+    // Two pollers, one message: one takes it and never deletes it; the other must get it back when its 5 s
+    // visibility runs out, not when its own 20 s wait ends.
+    let queue = EmbeddedQueue::new(
+        "q",
+        QueueConfig { visibility_timeout: Duration::from_secs(5), ..QueueConfig::default() },
+    );
+    let pollers: Vec<_> = (0..2)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let received = queue.receive(1, MAX_WAIT).await.unwrap();
+                (received.first().map(|m| m.receive_count), started.elapsed())
+            })
+        })
+        .collect();
+    sleep(Duration::from_secs(1)).await;
+    queue.send(OutgoingMessage::new("m")).unwrap();
+    let mut outcomes = Vec::new();
+    for poller in pollers {
+        outcomes.push(poller.await.unwrap());
+    }
+    outcomes.sort();
+    assert_eq!(outcomes, [(Some(1), Duration::from_secs(1)), (Some(2), Duration::from_secs(6))]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn every_waiting_receiver_gets_one_of_a_burst() {
     let queue = queue();
     let receivers: Vec<_> = (0..4)

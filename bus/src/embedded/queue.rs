@@ -20,7 +20,8 @@
 //!
 //! Timers are lazy: every operation first makes due in-flight messages visible again and drops messages past
 //! retention. A long-polling receiver sleeps until a message arrives (a [`Notify`] permit per message) or the
-//! earliest visibility deadline passes, whichever is first; it never spins.
+//! earliest visibility deadline passes, whichever is first, and is woken to look again when a receive or a
+//! visibility change brings an earlier deadline within its wait. It never spins.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -265,13 +266,18 @@ impl EmbeddedQueue {
     fn receive_once(&self, max_messages: usize) -> Result<(Vec<ReceivedMessage>, Option<Instant>), BusError> {
         let now = Instant::now();
         let mut dead = Vec::new();
-        let (received, next_deadline) = {
+        let (received, next_deadline, wake_sleepers) = {
             let mut state = self.shared.lock();
             state.check_failure()?;
             state.expire(now);
+            let earliest_before = state.next_deadline();
             let received = state.take_visible(max_messages, now, &mut dead);
-            (received, state.next_deadline())
+            let next_deadline = state.next_deadline();
+            (received, next_deadline, deadline_moved_earlier(earliest_before, next_deadline, now))
         };
+        if wake_sleepers {
+            self.shared.arrivals.notify_waiters();
+        }
         if !dead.is_empty() {
             let redrive =
                 self.shared.redrive.as_ref().expect("messages are only moved under a redrive policy");
@@ -343,16 +349,15 @@ impl Consumer for EmbeddedQueue {
     ) -> Result<Vec<EntryResult<()>>, BusError> {
         check_batch_size(changes.len())?;
         let now = Instant::now();
-        let (results, wake_receivers) = {
+        let (results, wake_sleepers) = {
             let mut state = self.shared.lock();
             state.check_failure()?;
             state.expire(now);
             let earliest_before = state.next_deadline();
             let results: Vec<_> = changes.iter().map(|change| state.change_visibility(change, now)).collect();
-            (results, state.next_deadline() < earliest_before)
+            (results, deadline_moved_earlier(earliest_before, state.next_deadline(), now))
         };
-        if wake_receivers {
-            // A deadline moved earlier than any receiver is sleeping until: let them recompute.
+        if wake_sleepers {
             self.shared.arrivals.notify_waiters();
         }
         Ok(results)
@@ -572,6 +577,14 @@ impl QueueState {
             dead_letter: None,
         }
     }
+}
+
+/// Whether sleeping long polls must wake and look again because the earliest visibility deadline moved earlier
+/// than they may be sleeping until. A poll sleeps until that deadline or its own end, and no poll lasts longer
+/// than [`MAX_WAIT`]: a deadline further out concerns nobody yet, so with the default 30 s visibility a receive
+/// wakes no one.
+fn deadline_moved_earlier(before: Option<Instant>, after: Option<Instant>, now: Instant) -> bool {
+    after.is_some_and(|after| after < now + MAX_WAIT && before.is_none_or(|before| after < before))
 }
 
 /// Rejects messages over the SNS/SQS size limit.
