@@ -589,3 +589,66 @@ async fn infra(args: InfraArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_units() {
+        assert_eq!("60".parse::<Rate>().unwrap(), Rate(60.0));
+        assert_eq!("60/s".parse::<Rate>().unwrap(), Rate(60.0));
+        assert_eq!("3600/min".parse::<Rate>().unwrap(), Rate(60.0));
+        assert!("0/s".parse::<Rate>().is_err());
+        assert!("60/fortnight".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn waits_parse_as_ranges_or_fixed() {
+        let WaitArg(range) = "100ms..500ms".parse().unwrap();
+        assert_eq!((range.min, range.max), (Duration::from_millis(100), Duration::from_millis(500)));
+        let WaitArg(fixed) = "2s".parse().unwrap();
+        assert_eq!((fixed.min, fixed.max), (Duration::from_secs(2), Duration::from_secs(2)));
+        assert!("500ms..100ms".parse::<WaitArg>().is_err());
+    }
+
+    #[test]
+    fn time_scale_defaults_and_limits() {
+        let embedded = Environment::Embedded(PipelineConfig::default());
+        assert_eq!(time_scale(None, false, &embedded).unwrap().factor(), 60.0);
+        assert_eq!(time_scale(None, true, &embedded).unwrap().factor(), 100.0);
+        assert!(time_scale(Some(0.5), false, &embedded).is_err());
+        let deployed = Environment::Deployed {
+            target: Target::local("127.0.0.1:1".parse().unwrap()),
+            probes: Probes::default(),
+            consumers: 1,
+            payment_latency: Duration::from_secs(3),
+        };
+        assert_eq!(time_scale(None, false, &deployed).unwrap(), TimeScale::REAL);
+        assert!(time_scale(Some(60.0), false, &deployed).is_err(), "a deployed stack keeps its clock");
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var_and_the_commands_parse() {
+        use clap::CommandFactory;
+        fn check(command: &clap::Command) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if ["help", "version"].contains(&id) || arg.is_positional() {
+                    continue;
+                }
+                assert!(arg.get_env().is_some(), "--{id} of `{}` has no env var", command.get_name());
+            }
+            command.get_subcommands().for_each(check);
+        }
+        Cli::command().debug_assert();
+        check(&Cli::command());
+        let cli = Cli::try_parse_from(["loadtest", "run", "--rate", "60/s", "--endpoint", "sync"]).unwrap();
+        assert!(matches!(cli.command, Command::Run(RunArgs { rate: Some(Rate(60.0)), .. })));
+        assert!(Cli::try_parse_from(["loadtest", "run", "--rate", "5", "--users", "3"]).is_err());
+        assert!(
+            Cli::try_parse_from(["loadtest", "compare", "--queue-url", "http://q"]).is_err(),
+            "needs --target"
+        );
+    }
+}

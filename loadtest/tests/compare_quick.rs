@@ -11,8 +11,13 @@ use loadtest::scenario::TimeScale;
 use tokio_util::sync::CancellationToken;
 
 /// The quick preset's time scale, lowered for unoptimised test builds, which cannot accept the preset's
-/// 6,000 orders/s; the queueing maths is the same at any scale.
-const TEST_TIME_SCALE: f64 = 25.0;
+/// 6,000 orders/s on a busy 2-core machine: 600 orders/s, 300 ms payments, 1 s timeouts. The queueing maths is
+/// the same at any scale.
+const TEST_TIME_SCALE: f64 = 10.0;
+
+/// Consumers draining the flash sale's 600 orders: 5 keep the drain to ~36 s at this scale (1, the lab's
+/// queue-problem setting, would take 3 minutes) and are still far below the 60 × 3 = 180 needed to keep up.
+const TEST_CONSUMERS: usize = 5;
 
 fn run<'a>(runs: &'a [RunResult], name: &str) -> &'a RunResult {
     runs.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no run {name}"))
@@ -21,14 +26,18 @@ fn run<'a>(runs: &'a [RunResult], name: &str) -> &'a RunResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_compare_reproduces_the_flash_sale_result_and_littles_law() {
     let settings = ExperimentSettings {
-        environment: Environment::Embedded(PipelineConfig::default()),
+        environment: Environment::Embedded(PipelineConfig {
+            consumers: TEST_CONSUMERS,
+            ..PipelineConfig::default()
+        }),
         time_scale: TimeScale::new(TEST_TIME_SCALE),
         drain_cap: Duration::from_secs(120),
         late_threshold: Duration::from_millis(1),
         sample_every: Duration::from_secs(1),
         progress: false,
     };
-    let document = loadtest::compare::compare(&settings, 1024, true, &CancellationToken::new()).await.unwrap();
+    let document =
+        loadtest::compare::compare(&settings, 1024, true, &CancellationToken::new()).await.unwrap();
     let summary = loadtest::compare::render(&document);
     println!("{summary}");
 
@@ -50,4 +59,19 @@ async fn quick_compare_reproduces_the_flash_sale_result_and_littles_law() {
     assert!(e2e["count"].as_u64().unwrap() >= 590, "the worker processed the orders: {e2e}");
     assert_eq!(document.comparisons.len(), 3, "one comparison per scenario");
     assert!(summary.contains("drain predicted s (Little)"), "{summary}");
+
+    // The files a user opens: JSON that reads back with its schema, a CSV per run, a self-contained report.
+    let dir = std::env::temp_dir().join(format!("loadtest-compare-{}", std::process::id()));
+    let html = loadtest::report::render(&document);
+    let written = loadtest::results::write_all(&dir, &document, &html).unwrap();
+    assert_eq!(written.len(), document.runs.len() + 2);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["schema"], loadtest::results::SCHEMA);
+    assert_eq!(json["runs"].as_array().unwrap().len(), 6);
+    let csv = std::fs::read_to_string(dir.join("flash-sale-open-async.csv")).unwrap();
+    assert!(csv.starts_with("t_s,phase,users,sent,"), "{}", &csv[..80.min(csv.len())]);
+    assert!(csv.lines().any(|line| line.contains(",drain,")), "the drain is in the timeline");
+    assert!(html.matches("<svg").count() >= 7 && !html.contains("<script"), "inline charts, no scripts");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
