@@ -328,15 +328,18 @@ def binaries(outputs_path, endpoint, receiver_binary, worker_binary):
         with urllib.request.urlopen(f"http://127.0.0.1:{env[service]['PORT']}{path}", timeout=5) as response:
             return json.load(response)
 
+    def log_path(service):
+        return f"{os.path.dirname(os.path.abspath(outputs_path))}/{service}.log"
+
     def start(service):
-        log = open(f"{os.path.dirname(os.path.abspath(outputs_path))}/{service}.log", "w")
+        log = open(log_path(service), "w")
         running[service] = subprocess.Popen([binary[service]], env=env[service], stdout=log, stderr=subprocess.STDOUT)
 
     try:
         print("  receiver: task-definition environment, health check, an order to the created topic")
         c.equal("worker --check-health fails while nothing listens", health_check("worker"), 1)
         start("receiver")
-        c.check("receiver --check-health passes", wait_healthy("receiver"), "see receiver.log")
+        c.check("receiver --check-health passes", wait_healthy("receiver"), f"see {log_path('receiver')}")
         order = json.dumps({"customer_id": 4242, "items": [{"product_id": "PROD-001", "quantity": 2, "price": 49.99}]})
         request = urllib.request.Request(
             f"http://127.0.0.1:{env['receiver']['PORT']}/orders/async",
@@ -353,7 +356,7 @@ def binaries(outputs_path, endpoint, receiver_binary, worker_binary):
 
         print("  worker: task-definition environment, health check, the order settled")
         start("worker")
-        c.check("worker --check-health passes", wait_healthy("worker"), "see worker.log")
+        c.check("worker --check-health passes", wait_healthy("worker"), f"see {log_path('worker')}")
         settled = 0
         for _ in range(60):  # one payment takes PAYMENT_LATENCY (3 s)
             stats = get_json("worker", "/stats")
