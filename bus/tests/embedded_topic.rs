@@ -95,6 +95,16 @@ async fn every_subscribed_queue_gets_its_own_copy() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn subscribing_a_queue_twice_keeps_one_subscription() {
+    let topic = EmbeddedTopic::new("orders");
+    let queue = queue("orders");
+    topic.subscribe(&queue, Delivery::Enveloped);
+    topic.subscribe(&queue.clone(), Delivery::Raw);
+    topic.publish(OutgoingMessage::new("once")).await.unwrap();
+    assert_eq!(receive_one(&queue).await.body, "once", "one raw copy");
+}
+
+#[tokio::test(start_paused = true)]
 async fn publishing_without_subscribers_succeeds() {
     let topic = EmbeddedTopic::new("lonely");
     let first = topic.publish(OutgoingMessage::new("a")).await.unwrap();

@@ -233,6 +233,11 @@ impl EmbeddedQueue {
         self.shared.lock().failure = failure;
     }
 
+    /// Whether both handles are to the same queue.
+    pub(crate) fn is_same_queue(&self, other: &EmbeddedQueue) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Adds a message delivered by a topic subscription. SNS retries delivery to SQS until it succeeds, so
     /// injected failures do not apply here.
     pub(crate) fn deliver(&self, body: String, attributes: BTreeMap<String, String>, sent_at: SystemTime) {

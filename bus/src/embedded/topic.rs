@@ -81,11 +81,18 @@ impl EmbeddedTopic {
         &self.shared.arn
     }
 
-    /// Subscribes a queue: from now on every publish is copied to it.
+    /// Subscribes a queue: from now on every publish is copied to it. Like SNS, subscribing a queue that is
+    /// already subscribed keeps the one subscription (here with the new delivery mode) instead of adding a
+    /// second copy.
     pub fn subscribe(&self, queue: &super::EmbeddedQueue, delivery: Delivery) {
-        let arn = format!("{}:{}", self.shared.arn, Uuid::new_v4());
         let mut state = self.shared.state.write().unwrap_or_else(PoisonError::into_inner);
-        state.subscriptions.push(Subscription { queue: queue.clone(), delivery, arn });
+        match state.subscriptions.iter_mut().find(|subscription| subscription.queue.is_same_queue(queue)) {
+            Some(existing) => existing.delivery = delivery,
+            None => {
+                let arn = format!("{}:{}", self.shared.arn, Uuid::new_v4());
+                state.subscriptions.push(Subscription { queue: queue.clone(), delivery, arn });
+            }
+        }
     }
 
     /// Makes every publish fail with `failure` until called again with `None`; for testing how publishers cope
