@@ -94,8 +94,10 @@ fn main() -> ExitCode {
         "{:>7} {:>7} {:>9} {:>8} {:>11} {:>11} {:>6} {:>9} {:>9}  verdict",
         "N", "L", "preload", "window", "orders/s", "floor", "ratio", "CPU", "peak RSS"
     );
+    // `cargo bench -p worker --bench throughput -- 10000` runs only the cases with those consumer counts.
+    let only: Vec<usize> = args.iter().filter_map(|arg| arg.parse().ok()).collect();
     let mut failures = Vec::new();
-    for case in CASES {
+    for case in CASES.iter().filter(|case| only.is_empty() || only.contains(&case.consumers)) {
         let output = Command::new(std::env::current_exe().expect("own path"))
             .arg("--case")
             .arg(serde_json::to_string(case).expect("serializable"))

@@ -27,13 +27,19 @@ pub(crate) trait BatchEntry: Clone + Send + Sync + std::fmt::Debug + 'static {
     const ACTION: &'static str;
 
     /// Makes the batch call.
-    fn call(consumer: Arc<dyn Consumer>, batch: Vec<Self>) -> Pin<Box<dyn Future<Output = BatchResult> + Send>>;
+    fn call(
+        consumer: Arc<dyn Consumer>,
+        batch: Vec<Self>,
+    ) -> Pin<Box<dyn Future<Output = BatchResult> + Send>>;
 }
 
 impl BatchEntry for ReceiptHandle {
     const ACTION: &'static str = "DeleteMessageBatch";
 
-    fn call(consumer: Arc<dyn Consumer>, batch: Vec<Self>) -> Pin<Box<dyn Future<Output = BatchResult> + Send>> {
+    fn call(
+        consumer: Arc<dyn Consumer>,
+        batch: Vec<Self>,
+    ) -> Pin<Box<dyn Future<Output = BatchResult> + Send>> {
         Box::pin(async move { consumer.delete_batch(batch).await })
     }
 }
@@ -41,7 +47,10 @@ impl BatchEntry for ReceiptHandle {
 impl BatchEntry for VisibilityChange {
     const ACTION: &'static str = "ChangeMessageVisibilityBatch";
 
-    fn call(consumer: Arc<dyn Consumer>, batch: Vec<Self>) -> Pin<Box<dyn Future<Output = BatchResult> + Send>> {
+    fn call(
+        consumer: Arc<dyn Consumer>,
+        batch: Vec<Self>,
+    ) -> Pin<Box<dyn Future<Output = BatchResult> + Send>> {
         Box::pin(async move { consumer.change_visibility_batch(batch).await })
     }
 }
@@ -246,7 +255,10 @@ mod tests {
                 })
                 .collect())
         }
-        async fn change_visibility_batch(&self, _: Vec<VisibilityChange>) -> Result<Vec<EntryResult<()>>, BusError> {
+        async fn change_visibility_batch(
+            &self,
+            _: Vec<VisibilityChange>,
+        ) -> Result<Vec<EntryResult<()>>, BusError> {
             unreachable!()
         }
         async fn send_to_dead_letter(&self, _: OutgoingMessage) -> Result<String, BusError> {

@@ -179,7 +179,8 @@ mod tests {
     fn invalid_configs_are_refused() {
         assert!(WorkerConfig::default().validate().is_ok());
         assert!(WorkerConfig { consumers: 0, ..WorkerConfig::default() }.validate().is_err());
-        let shared_none = WorkerConfig { gate_mode: GateMode::Shared { slots: 0 }, ..WorkerConfig::default() };
+        let shared_none =
+            WorkerConfig { gate_mode: GateMode::Shared { slots: 0 }, ..WorkerConfig::default() };
         assert!(shared_none.validate().is_err());
         let long_wait = WorkerConfig { receive_wait: Duration::from_secs(21), ..WorkerConfig::default() };
         assert!(long_wait.validate().is_err());

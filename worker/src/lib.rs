@@ -106,7 +106,8 @@ impl Worker {
     /// Consumes until `shutdown` completes, then shuts down gracefully: stops polling at once (cancelling
     /// pending long polls), lets in-flight payments finish until the shutdown deadline, releases the messages
     /// of those still unfinished (visibility 0, so another worker takes them at once), flushes deletes and
-    /// visibility changes, and returns.
+    /// visibility changes, and returns. (On SQS, a long poll cancelled while its answer is on the wire may
+    /// already have taken messages; they are not lost, but return only after their visibility timeout.)
     ///
     /// Dropping this future instead (an aborted task) is a crash in miniature: every task stops where it is,
     /// nothing more is deleted or released, and the queue redelivers the unfinished messages after their
@@ -124,7 +125,8 @@ impl Worker {
 
         let settings = BatchSettings::new(config.batch_flush_interval);
         let stats = &shared.stats;
-        let (deleter, deleting) = Batcher::new(Arc::clone(&consumer), settings, stats.delete_failures.clone());
+        let (deleter, deleting) =
+            Batcher::new(Arc::clone(&consumer), settings, stats.delete_failures.clone());
         let (visibility, changing) =
             Batcher::new(Arc::clone(&consumer), settings, stats.visibility_failures.clone());
         background.spawn(deleting);
@@ -142,7 +144,8 @@ impl Worker {
         let stop_polling = CancellationToken::new();
         let pollers = config.effective_pollers();
         for poller in 0..pollers {
-            let (stop, processor, processing) = (stop_polling.clone(), Arc::clone(&processor), processing.clone());
+            let (stop, processor, processing) =
+                (stop_polling.clone(), Arc::clone(&processor), processing.clone());
             polling.spawn(async move {
                 stop.run_until_cancelled(poller::poll(processor, processing, poller)).await;
             });
@@ -166,10 +169,16 @@ impl Worker {
             "shutting down: polling stopped, letting in-flight payments finish"
         );
         if tokio::time::timeout(config.shutdown_deadline, processing.wait()).await.is_err() {
-            tracing::warn!(unfinished = processing.len(), "shutdown deadline passed; releasing unfinished messages");
+            tracing::warn!(
+                unfinished = processing.len(),
+                "shutdown deadline passed; releasing unfinished messages"
+            );
             processor.abandon.cancel();
             if tokio::time::timeout(RELEASE_GRACE, processing.wait()).await.is_err() {
-                tracing::error!(stuck = processing.len(), "some messages could not be released; they return after their visibility timeout");
+                tracing::error!(
+                    stuck = processing.len(),
+                    "some messages could not be released; they return after their visibility timeout"
+                );
             }
         }
         // The last batcher senders go with the processor: the batchers flush what is left and stop.

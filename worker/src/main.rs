@@ -140,8 +140,9 @@ async fn main() -> anyhow::Result<()> {
     let handle = worker.handle();
 
     let address = SocketAddr::new(args.bind, args.port);
-    let listener =
-        tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding the HTTP port {address}"))?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the HTTP port {address}"))?;
     tracing::info!(%address, "serving /health, /stats, /metrics");
 
     // HTTP keeps serving while the worker drains, and stops once it has finished.
@@ -183,7 +184,8 @@ fn worker_config(args: &Args) -> WorkerConfig {
 /// Installs the process-wide Prometheus recorder, with histogram buckets spanning a fast payment to a long
 /// backlog, and keeps its histograms drained.
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    const PROCESSING: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 30.0, 60.0, 300.0];
+    const PROCESSING: &[f64] =
+        &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 30.0, 60.0, 300.0];
     const END_TO_END: &[f64] =
         &[0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0];
     let handle = PrometheusBuilder::new()

@@ -22,9 +22,16 @@ pub(crate) async fn poll(processor: Arc<Processor>, processing: Spawner, poller:
                 shared.stats.received.add(messages.len() as u64);
                 if messages.len() > slots.len() {
                     // A broker must not do this; if it does, hand the extras straight back.
-                    tracing::error!(asked = slots.len(), got = messages.len(), "receive returned too many messages");
+                    tracing::error!(
+                        asked = slots.len(),
+                        got = messages.len(),
+                        "receive returned too many messages"
+                    );
                     for extra in messages.split_off(slots.len()) {
-                        let release = VisibilityChange { receipt_handle: extra.receipt_handle, timeout: Default::default() };
+                        let release = VisibilityChange {
+                            receipt_handle: extra.receipt_handle,
+                            timeout: Default::default(),
+                        };
                         processor.visibility.submit(release);
                     }
                 }

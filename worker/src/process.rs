@@ -13,7 +13,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{ATTR_DEAD_LETTER_REASON, Consumer, OutgoingMessage, ReceiptHandle, ReceivedMessage, VisibilityChange};
+use bus::{
+    ATTR_DEAD_LETTER_REASON, Consumer, OutgoingMessage, ReceiptHandle, ReceivedMessage, VisibilityChange,
+};
 use chrono::Utc;
 use orders::{Order, PaymentError, PaymentGate, PaymentOutcome, PaymentReceipt, WireMessage};
 use tokio::time::{Instant, sleep_until};
@@ -108,7 +110,8 @@ impl Processor {
             Payment::Abandoned => {
                 drop(claim);
                 stats.released.add(1);
-                let release = VisibilityChange { receipt_handle: message.receipt_handle, timeout: Duration::ZERO };
+                let release =
+                    VisibilityChange { receipt_handle: message.receipt_handle, timeout: Duration::ZERO };
                 if let Err(error) = self.visibility.submit_and_wait(release).await {
                     tracing::warn!(%error, "could not release a message; it returns after its visibility timeout");
                 }
@@ -119,7 +122,13 @@ impl Processor {
     /// Pays, extending the message's visibility whenever it is about to expire, until the payment finishes
     /// or the shutdown deadline abandons it. Each extension completes before the next step, so no extension
     /// can land after the message's delete or release.
-    async fn pay(&self, gate: &PaymentGate, order: &Order, message: &ReceivedMessage, received_at: Instant) -> Payment {
+    async fn pay(
+        &self,
+        gate: &PaymentGate,
+        order: &Order,
+        message: &ReceivedMessage,
+        received_at: Instant,
+    ) -> Payment {
         let visibility = self.config().visibility_timeout;
         // Extend when two thirds of the visibility have passed, leaving a third for the call itself.
         let lead = visibility / 3;

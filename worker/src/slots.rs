@@ -50,7 +50,12 @@ impl Slots {
                 Gates::Shared(PaymentGate::new(PaymentConfig { slots, ..payment.clone() }))
             }
         };
-        Self { capacity: consumers, free: Arc::new(Semaphore::new(consumers)), gathering: Default::default(), gates }
+        Self {
+            capacity: consumers,
+            free: Arc::new(Semaphore::new(consumers)),
+            gathering: Default::default(),
+            gates,
+        }
     }
 
     /// The number of slots.
@@ -63,8 +68,6 @@ impl Slots {
     pub(crate) async fn reserve(self: &Arc<Self>, max: usize) -> Vec<Slot> {
         let _turn = self.gathering.lock().await;
         let first = Arc::clone(&self.free).acquire_owned().await.expect("the slot semaphore is never closed");
-        // Let the rest of a finishing wave release its slots before counting what is free.
-        tokio::task::yield_now().await;
         let mut permits = vec![first];
         while permits.len() < max {
             match Arc::clone(&self.free).try_acquire_owned() {

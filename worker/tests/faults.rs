@@ -97,7 +97,11 @@ async fn without_the_workers_dead_lettering_the_redrive_policy_is_the_backstop()
     let worker = Running::start(config, Arc::new(stack.queue.clone()));
     wait_for("the redrive to move all five", secs(600), || stack.dead_letter.stats_now().visible == 5).await;
     let stats = worker.handle.stats();
-    assert_eq!((stats.dead_lettered, stats.charged, stats.retried), (0, 0, 25), "five receives each: {stats:?}");
+    assert_eq!(
+        (stats.dead_lettered, stats.charged, stats.retried),
+        (0, 0, 25),
+        "five receives each: {stats:?}"
+    );
     assert_eq!(stack.queue.stats_now().backlog(), 0);
     worker.shutdown().await;
 }
@@ -152,7 +156,8 @@ async fn settle_stream(poison: usize) -> Duration {
     let worker = Running::start(config(10, SECOND, VISIBILITY), Arc::new(stack.queue.clone()));
     wait_for("100 orders settled", secs(60), || worker.handle.settled() == 100).await;
     let took = started.elapsed();
-    wait_for("the poison dead-lettered", SECOND, || worker.handle.stats().dead_lettered == poison as u64).await;
+    wait_for("the poison dead-lettered", SECOND, || worker.handle.stats().dead_lettered == poison as u64)
+        .await;
     wait_for("the deletes", SECOND, || stack.queue.stats_now().backlog() == 0).await;
 
     let dead = drain(&stack.dead_letter).await;
@@ -181,7 +186,11 @@ async fn shutdown_lets_in_flight_payments_finish_and_leaves_the_rest_visible() {
 
     assert!(stopping.elapsed() < secs(3), "only the in-flight payments were waited for");
     let stats = handle.stats();
-    assert_eq!((stats.completed, stats.charged, stats.released, stats.in_flight), (10, 10, 0, 0), "{stats:?}");
+    assert_eq!(
+        (stats.completed, stats.charged, stats.released, stats.in_flight),
+        (10, 10, 0, 0),
+        "{stats:?}"
+    );
     let depth = stack.queue.stats_now();
     assert_eq!((depth.visible, depth.in_flight), (40, 0), "the ten are deleted, the forty untouched");
 }
@@ -361,7 +370,9 @@ async fn delete_errors_are_retried_until_they_succeed() {
     send_orders(&stack.queue, 10);
     let worker = Running::start(config(10, SECOND, VISIBILITY), Arc::new(stack.queue.clone()));
     sleep(Duration::from_millis(500)).await;
-    stack.queue.inject_failure(Some(BusError::Transient { code: "InternalError".into(), message: "oops".into() }));
+    stack
+        .queue
+        .inject_failure(Some(BusError::Transient { code: "InternalError".into(), message: "oops".into() }));
     sleep(Duration::from_millis(800)).await; // the payments end at 1 s and their deletes fail for 0.3 s
     stack.queue.inject_failure(None);
     wait_for("the deletes", secs(5), || stack.queue.stats_now().backlog() == 0).await;
@@ -402,7 +413,8 @@ async fn the_heartbeat_keeps_a_long_payment_from_being_redelivered() {
 #[tokio::test]
 async fn an_invalid_config_is_refused() {
     let stack = stack(VISIBILITY, 5);
-    let worker = Worker::new(WorkerConfig { consumers: 0, ..WorkerConfig::default() }, Arc::new(stack.queue.clone()));
+    let worker =
+        Worker::new(WorkerConfig { consumers: 0, ..WorkerConfig::default() }, Arc::new(stack.queue.clone()));
     let outcome = worker.run(std::future::pending()).await;
     assert!(matches!(outcome, Err(WorkerError::InvalidConfig(_))), "{outcome:?}");
 }

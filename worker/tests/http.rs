@@ -13,7 +13,10 @@ use worker::{Worker, WorkerStats, metric_names};
 
 const VISIBILITY: Duration = Duration::from_secs(30);
 
-async fn serve(handle: worker::WorkerHandle, metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> String {
+async fn serve(
+    handle: worker::WorkerHandle,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(worker::serve_http(listener, handle, metrics, std::future::pending()));
@@ -24,7 +27,10 @@ async fn serve(handle: worker::WorkerHandle, metrics: Option<metrics_exporter_pr
 async fn health_stats_and_metrics_describe_the_running_worker() {
     // A local recorder, so the test neither needs nor disturbs a global one.
     let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(metric_names::PROCESSING_SECONDS.into()), &[0.01, 0.05, 0.1, 1.0])
+        .set_buckets_for_metric(
+            Matcher::Full(metric_names::PROCESSING_SECONDS.into()),
+            &[0.01, 0.05, 0.1, 1.0],
+        )
         .unwrap()
         .build_recorder();
     let prometheus = recorder.handle();
@@ -47,13 +53,18 @@ async fn health_stats_and_metrics_describe_the_running_worker() {
     assert_eq!(health.json::<serde_json::Value>().await.unwrap()["status"], "ok");
 
     let stats: WorkerStats = client.get(format!("{base}/stats")).send().await.unwrap().json().await.unwrap();
-    assert_eq!((stats.received, stats.completed, stats.consumers, stats.free_slots), (3, 3, 2, 2), "{stats:?}");
+    assert_eq!(
+        (stats.received, stats.completed, stats.consumers, stats.free_slots),
+        (3, 3, 2, 2),
+        "{stats:?}"
+    );
     assert_eq!(stats.gate_mode, "per-consumer");
     assert_eq!((stats.processing_ms.count, stats.end_to_end_ms.count), (3, 3));
     assert!(stats.processing_ms.p50 >= 60.0 && stats.processing_ms.max < 1_000.0, "{stats:?}");
     assert!(stats.end_to_end_ms.p50 >= stats.processing_ms.p50, "end to end includes processing: {stats:?}");
 
-    let raw: serde_json::Value = client.get(format!("{base}/stats")).send().await.unwrap().json().await.unwrap();
+    let raw: serde_json::Value =
+        client.get(format!("{base}/stats")).send().await.unwrap().json().await.unwrap();
     for field in ["in_flight", "utilization", "processing_rate", "retried", "dead_lettered", "declined"] {
         assert!(raw.get(field).is_some(), "/stats has {field}");
     }
@@ -83,7 +94,8 @@ async fn health_stats_and_metrics_describe_the_running_worker() {
 #[tokio::test]
 async fn metrics_without_a_recorder_is_a_clear_404() {
     let stack = stack(VISIBILITY, 5);
-    let worker = Running::start(config(1, Duration::from_millis(10), VISIBILITY), Arc::new(stack.queue.clone()));
+    let worker =
+        Running::start(config(1, Duration::from_millis(10), VISIBILITY), Arc::new(stack.queue.clone()));
     let base = serve(worker.handle.clone(), None).await;
     let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
     assert_eq!(response.status(), 404);
@@ -105,7 +117,8 @@ fn help_explains_every_gate_mode_and_flag_with_its_environment_variable() {
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
     let explains = |mode: &str, sentence: &str| {
-        help.lines().any(|line| line.trim_start().starts_with(&format!("- {mode}:")) && line.contains(sentence))
+        help.lines()
+            .any(|line| line.trim_start().starts_with(&format!("- {mode}:")) && line.contains(sentence))
     };
     assert!(explains("per-consumer", "Each consumer owns a single-slot payment gate"), "{help}");
     assert!(explains("shared", "All consumers share one gate"), "{help}");
@@ -139,7 +152,8 @@ fn without_a_queue_url_the_binary_says_what_to_set() {
 #[tokio::test]
 async fn check_health_exits_zero_only_when_the_port_answers_healthy() {
     let stack = stack(VISIBILITY, 5);
-    let worker = Running::start(config(1, Duration::from_millis(10), VISIBILITY), Arc::new(stack.queue.clone()));
+    let worker =
+        Running::start(config(1, Duration::from_millis(10), VISIBILITY), Arc::new(stack.queue.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(worker::serve_http(listener, worker.handle.clone(), None, std::future::pending()));

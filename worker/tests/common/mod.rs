@@ -43,7 +43,11 @@ pub fn send_orders(queue: &EmbeddedQueue, count: usize) -> Vec<Uuid> {
 
 /// The production stack (topic -> queue -> DLQ) with the given visibility timeout and redrive count.
 pub fn stack(visibility: Duration, max_receive_count: u32) -> EmbeddedStack {
-    EmbeddedStack::new(StackConfig { visibility_timeout: visibility, max_receive_count, ..StackConfig::default() })
+    EmbeddedStack::new(StackConfig {
+        visibility_timeout: visibility,
+        max_receive_count,
+        ..StackConfig::default()
+    })
 }
 
 /// A worker config: `consumers` per-consumer gates of `latency`, no declines (so every settled order counts
