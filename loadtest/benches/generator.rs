@@ -34,11 +34,12 @@ fn main() {
     let addr = start_static_server();
     let url = format!("http://{addr}/static");
 
-    let wrk_before = wrk(&url, duration);
+    let only_generator = std::env::var("BENCH_ONLY_GENERATOR").is_ok();
+    let wrk_before = if only_generator { 90_000.0 } else { wrk(&url, duration) };
     let generator =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let saturated = generator.block_on(open_model(addr, wrk_before, duration));
-    let wrk_after = wrk(&url, duration);
+    let wrk_after = if only_generator { 90_000.0 } else { wrk(&url, duration) };
     let paced = generator.block_on(open_model(addr, LAG_RATE, duration));
 
     let wrk_rate = (wrk_before + wrk_after) / 2.0;
@@ -73,15 +74,18 @@ fn main() {
 
 fn start_static_server() -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = Router::new().route("/static", get(|| async { "ok" }));
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
+    std::thread::Builder::new()
+        .name("static-server".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                let app = Router::new().route("/static", get(|| async { "ok" }));
+                axum::serve(listener, app).await.unwrap();
+            });
+        })
+        .expect("spawn the server thread");
     rx.recv().unwrap()
 }
 

@@ -129,7 +129,7 @@ impl User {
                 }
                 _ = stop.cancelled() => break,
             };
-            self.recorder.finished(self.id, sent_at.elapsed(), outcome);
+            self.recorder.finished(self.id, sent_at.elapsed(), outcome, None);
             tokio::select! {
                 _ = tokio::time::sleep(self.wait.draw()) => {}
                 _ = &mut end => break,

@@ -5,6 +5,7 @@
 //! totals and timeline. Latencies are HDR histograms in microseconds with 3 significant digits.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -78,11 +79,19 @@ impl Measurements {
     }
 }
 
-/// The shared recording surface for lanes and users. Cheap to record into from many tasks.
+/// The shared recording surface for lanes and users. Cheap to record into from many tasks: a send is two
+/// relaxed atomic adds, an answer one uncontended lock.
 #[derive(Debug)]
 pub struct Recorder {
-    shards: Box<[Mutex<Measurements>]>,
+    shards: Box<[Shard]>,
     late_threshold: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    sent: AtomicU64,
+    late: AtomicU64,
+    finished: Mutex<Measurements>,
 }
 
 impl Recorder {
@@ -90,7 +99,7 @@ impl Recorder {
     /// late.
     pub fn new(late_threshold: Duration) -> Recorder {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let shards = (0..(cores * 2).max(4)).map(|_| Mutex::new(Measurements::default())).collect();
+        let shards = (0..(cores * 2).max(4)).map(|_| Shard::default()).collect();
         Recorder { shards, late_threshold }
     }
 
@@ -99,31 +108,31 @@ impl Recorder {
         self.late_threshold
     }
 
-    fn shard(&self, lane: usize) -> std::sync::MutexGuard<'_, Measurements> {
-        self.shards[lane % self.shards.len()].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn shard(&self, lane: usize) -> &Shard {
+        &self.shards[lane % self.shards.len()]
     }
 
     /// A request was handed to a connection `lag` after its intended time (`None`: no intended time, as in
-    /// the closed model).
+    /// the closed model). The lag itself is recorded with the answer, in [`Recorder::finished`].
     pub fn sent(&self, lane: usize, lag: Option<Duration>) {
-        let mut shard = self.shard(lane);
-        shard.sent += 1;
-        if let Some(lag) = lag {
-            record_duration(&mut shard.lag, lag);
-            if lag > self.late_threshold {
-                shard.late += 1;
-            }
+        let shard = self.shard(lane);
+        shard.sent.fetch_add(1, Ordering::Relaxed);
+        if lag.is_some_and(|lag| lag > self.late_threshold) {
+            shard.late.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// A request finished with `outcome` after `latency` (from its intended time in the open model, from its
-    /// send in the closed model).
-    pub fn finished(&self, lane: usize, latency: Duration, outcome: Outcome) {
-        let mut shard = self.shard(lane);
-        shard.outcomes.add(outcome);
-        record_duration(&mut shard.latency, latency);
+    /// send in the closed model); `lag` is its scheduling lag, when it was sent with one.
+    pub fn finished(&self, lane: usize, latency: Duration, outcome: Outcome, lag: Option<Duration>) {
+        let mut data = self.shard(lane).finished.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        data.outcomes.add(outcome);
+        record_duration(&mut data.latency, latency);
         if outcome == Outcome::Accepted {
-            record_duration(&mut shard.accepted_latency, latency);
+            record_duration(&mut data.accepted_latency, latency);
+        }
+        if let Some(lag) = lag {
+            record_duration(&mut data.lag, lag);
         }
     }
 
@@ -131,9 +140,11 @@ impl Recorder {
     pub fn take_interval(&self) -> Measurements {
         let mut interval = Measurements::default();
         for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            interval.merge(&shard);
-            shard.reset();
+            interval.sent += shard.sent.swap(0, Ordering::Relaxed);
+            interval.late += shard.late.swap(0, Ordering::Relaxed);
+            let mut data = shard.finished.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            interval.merge(&data);
+            data.reset();
         }
         interval
     }
@@ -192,14 +203,15 @@ mod tests {
     fn intervals_are_taken_once_and_merge_across_shards() {
         let recorder = Recorder::new(Duration::from_millis(1));
         for lane in 0..100 {
-            recorder.sent(lane, Some(Duration::from_micros(if lane < 10 { 5_000 } else { 10 })));
-            recorder.finished(lane, Duration::from_millis(lane as u64 + 1), Outcome::Accepted);
+            let lag = Duration::from_micros(if lane < 10 { 5_000 } else { 10 });
+            recorder.sent(lane, Some(lag));
+            recorder.finished(lane, Duration::from_millis(lane as u64 + 1), Outcome::Accepted, Some(lag));
         }
-        recorder.finished(0, Duration::from_secs(10), Outcome::Failed(FailureKind::Timeout));
+        recorder.finished(0, Duration::from_secs(10), Outcome::Failed(FailureKind::Timeout), None);
         let interval = recorder.take_interval();
         assert_eq!((interval.sent, interval.late), (100, 10));
         assert_eq!((interval.outcomes.accepted, interval.outcomes.timeout), (100, 1));
-        assert_eq!(interval.accepted_latency.len(), 100);
+        assert_eq!((interval.accepted_latency.len(), interval.lag.len()), (100, 100));
         let summary = LatencySummary::of(&interval.latency);
         assert_eq!(summary.count, 101);
         assert!((summary.p50_ms - 51.0).abs() < 0.1, "{summary:?}");

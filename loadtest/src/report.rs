@@ -159,7 +159,7 @@ fn run_section(run: &RunResult) -> String {
             points: run.timeline.iter().filter_map(|p| pick(p).map(|y| (p.t_s, y as f64))).collect(),
         };
         html.push_str(&line_chart(
-            "Queue depth (the drain starts at the dashed line)",
+            "Queue depth (dashed line: end of the load; the drain follows)",
             "messages",
             &[
                 queue("backlog (visible + in flight)", RED, |p| p.queue_backlog),
