@@ -17,8 +17,8 @@
 //!    schedule whatever the answers do, and latency is counted from each request's *scheduled* start, so a
 //!    stall cannot hide behind fewer requests). Floors: p99 < 10 ms, every answer 202, receiver RSS < 64 MB
 //!    (peak, sampled every 50 ms).
-//! 3. **Sync throughput** (a second child with 2 slots × 20 ms, 16 closed-loop clients): equals
-//!    slots / latency = 100 orders/s.
+//! 3. **Sync throughput** (a second child with 4 slots × 100 ms, 16 closed-loop clients): equals
+//!    slots / latency = 40 orders/s.
 //!
 //! Exits non-zero if a floor is missed. Under `cargo test` (no `--bench` argument) it does nothing.
 
@@ -48,8 +48,11 @@ const STATIC_RATIO_FLOOR: f64 = 0.5;
 const OPEN_RATE: u64 = 10_000;
 const P99_LIMIT_MS: f64 = 10.0;
 const RSS_LIMIT_MB: f64 = 64.0;
-const SYNC_SLOTS: usize = 2;
-const SYNC_LATENCY: Duration = Duration::from_millis(20);
+const SYNC_SLOTS: usize = 4;
+/// Long enough that tokio's 1 ms timer granularity is noise (< 1 %).
+const SYNC_LATENCY: Duration = Duration::from_millis(100);
+/// `USER_HZ` on Linux, the unit of the CPU times in `/proc/<pid>/stat`.
+const CLOCK_TICKS_PER_SECOND: u64 = 100;
 
 fn main() -> ExitCode {
     if std::env::var(ROLE_VAR).is_ok() {
@@ -173,6 +176,16 @@ impl Server {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
+    /// CPU time (user + system) the child has used so far.
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th, in clock ticks.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ticks: u64 =
+            after_name.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum();
+        Duration::from_millis(ticks * 1000 / CLOCK_TICKS_PER_SECOND)
+    }
+
     /// Closes stdin: the child shuts down gracefully and must exit 0.
     fn stop(mut self) {
         drop(self.child.stdin.take());
@@ -210,12 +223,20 @@ async fn bench() -> bool {
 
     println!("\n1. capacity: wrk -t1 -c{connections} -d{seconds}s (closed loop)");
     wrk(&script, server.receiver, 1, connections); // warm-up
+    let cpu_before = server.cpu_time();
     let static_run = wrk(&script, server.static_route, seconds, connections);
-    println!("   static 202 route   {:>9.0} req/s   p99 {:>6.2} ms", static_run.rate, static_run.p99_ms);
+    let static_cpu = per_request_us(server.cpu_time() - cpu_before, static_run.rate * seconds as f64);
+    println!(
+        "   static 202 route   {:>9.0} req/s   p99 {:>6.2} ms   server CPU {static_cpu:.1} us/request",
+        static_run.rate, static_run.p99_ms
+    );
+    let cpu_before = server.cpu_time();
     let async_run = wrk(&script, server.receiver, seconds, connections);
+    let async_cpu = per_request_us(server.cpu_time() - cpu_before, async_run.rate * seconds as f64);
     let async_peak_rss = server.memory_mb("VmHWM:");
     println!(
-        "   POST /orders/async {:>9.0} req/s   p99 {:>6.2} ms   non-2xx {}   peak RSS {:.1} MB",
+        "   POST /orders/async {:>9.0} req/s   p99 {:>6.2} ms   server CPU {async_cpu:.1} us/request   \
+         non-2xx {}   peak RSS {:.1} MB",
         async_run.rate, async_run.p99_ms, async_run.non_2xx, async_peak_rss
     );
     let stats = fetch_stats(server.receiver).await;
@@ -284,6 +305,10 @@ async fn bench() -> bool {
         format!("{:.3} x", rate / expected),
     );
     ok
+}
+
+fn per_request_us(cpu: Duration, requests: f64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / requests.max(1.0)
 }
 
 /// What wrk reported.

@@ -1,6 +1,7 @@
 //! The HTTP endpoints.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -26,6 +27,10 @@ use crate::state::{AppState, Endpoint};
 /// The routes, for metric labels. Anything else is labelled `unmatched`, so a scan of random paths cannot
 /// create unbounded metric series.
 pub(crate) const ROUTES: [&str; 5] = ["/orders/async", "/orders/sync", "/health", "/stats", "/metrics"];
+
+/// How long a client may take to send its body once its request is admitted (10 s). A client trickling bytes
+/// would otherwise hold one of the endpoint's limited slots for as long as it likes.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The 202 answer of `POST /orders/async`.
 #[derive(Debug, Serialize)]
@@ -161,17 +166,26 @@ async fn read_order(request: Request) -> Result<OrderRequest, ApiError> {
             "send the order as JSON with `Content-Type: application/json`",
         ));
     }
-    let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    let body = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(request, &()))
+        .await
+        .map_err(|_| {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
             )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", rejection.body_text())
-        }
-    })?;
+        })?
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", rejection.body_text())
+            }
+        })?;
     OrderRequest::from_json(&body).map_err(|error| match error {
         RequestError::Malformed(reason) => ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -70,6 +70,24 @@ async fn each_client_error_has_its_status_and_the_error_shape() {
     assert_eq!(stats.sync_orders.completed + stats.async_orders.accepted, 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_body_that_never_arrives_times_out_with_408_and_frees_its_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, _stack) = start().await;
+    let mut stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+    let head = "POST /orders/async HTTP/1.1\r\nHost: receiver\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\n\r\n{\"customer_id\"";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut response = vec![0; 4096];
+    let read = stream.read(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response[..read]);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains(r#""code":"body_timeout""#), "{response}");
+    assert_eq!(started.elapsed().as_secs(), 10);
+    assert_eq!(server.state.stats().in_flight, 0);
+}
+
 #[tokio::test]
 async fn health_and_stats_answer_json() {
     let (server, _stack) = start().await;
