@@ -122,18 +122,13 @@ pub async fn run(
                 sync_timeout: scale.duration(lab.sync_timeout),
                 ..lab.clone()
             };
+            // The worker's threads are new with each pipeline, so their CPU time is this run's (start included).
+            let began = Instant::now();
             let pipeline = EmbeddedPipeline::start(&config).await?;
             let plan = plan(Target::local(pipeline.receiver), config.consumers, config.payment_latency);
-            let cpu_before = pipeline::worker_cpu_time();
-            let began = Instant::now();
             let result = runner::execute(&plan, &pipeline.probes(), stop).await;
-            let wall = began.elapsed();
-            let worker_cpu_cores = match (cpu_before, pipeline::worker_cpu_time()) {
-                (Some(before), Some(after)) => {
-                    Some(after.saturating_sub(before).as_secs_f64() / wall.as_secs_f64())
-                }
-                _ => None,
-            };
+            let worker_cpu_cores =
+                pipeline.worker_cpu_time().map(|cpu| cpu.as_secs_f64() / began.elapsed().as_secs_f64());
             let rss_mib = pipeline::resident_mib();
             pipeline.shutdown().await;
             Ok(RunOutcome { result, worker_cpu_cores, rss_mib })

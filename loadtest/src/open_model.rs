@@ -190,10 +190,9 @@ fn open_lanes_for_waiting_tickets(
     let waiting = shared.tickets.available_permits();
     let starting = shared.starting.load(Ordering::Acquire);
     let lanes = shared.lanes.load(Ordering::Relaxed);
-    // Grow by at most a quarter of the lanes (and at least one) per wake-up: a brief stall must not open
-    // hundreds of connections at once, yet a server that stays slow gets the concurrency it needs within a
-    // few milliseconds (the pacer wakes every ~100 µs at high rates).
-    let growth = (lanes / 4).max(1);
+    // At most double the lanes per wake-up: a brief stall must not open hundreds of connections at once, yet
+    // a server that stays slow gets the concurrency it needs within a few wake-ups (4 → 512 in 7).
+    let growth = lanes.max(1);
     let wanted = waiting.saturating_sub(starting).min(growth).min(shared.max_lanes - lanes);
     for id in lanes..lanes + wanted {
         shared.starting.fetch_add(1, Ordering::AcqRel);

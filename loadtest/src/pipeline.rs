@@ -1,11 +1,12 @@
 //! The whole order pipeline in one process, on the embedded bus: the receiver on a loopback port, the
 //! embedded SNS topic → SQS queue (+ DLQ), and the worker with its consumers on a runtime of its own.
 //!
-//! The worker gets its own single-threaded runtime (threads named [`WORKER_THREAD_NAME`]) so that its CPU time
+//! The worker gets its own single-threaded runtime (threads named [`WORKER_THREAD_PREFIX`]`N`) so that its CPU time
 //! can be measured apart from the receiver's and the generator's, and so that, like the lab's quarter-vCPU
 //! task, it has one core's worth of threads at most.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -20,8 +21,10 @@ use worker::{GateMode, Worker, WorkerConfig, WorkerHandle};
 
 use crate::probe::{Probes, WorkerStatsSource};
 
-/// Name of the worker runtime's threads (Linux shows the first 15 bytes), used to measure its CPU time.
-pub const WORKER_THREAD_NAME: &str = "orderflow-worker";
+/// Prefix of the worker runtime's thread names; each pipeline adds its own number (`orderflow-w3`), so a run's
+/// CPU time is its own worker's even while an earlier pipeline's threads are still winding down. Linux keeps 15
+/// bytes of a thread name.
+pub const WORKER_THREAD_PREFIX: &str = "orderflow-w";
 
 /// How the embedded pipeline is configured: the knobs of the experiment.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +87,7 @@ pub struct EmbeddedPipeline {
     receiver_task: JoinHandle<std::io::Result<()>>,
     worker_task: JoinHandle<()>,
     worker_runtime: tokio::runtime::Runtime,
+    worker_threads: String,
 }
 
 impl EmbeddedPipeline {
@@ -116,9 +120,11 @@ impl EmbeddedPipeline {
             shutdown_deadline: Duration::from_secs(2),
             ..WorkerConfig::default()
         };
+        static PIPELINES: AtomicU32 = AtomicU32::new(0);
+        let worker_threads = format!("{WORKER_THREAD_PREFIX}{}", PIPELINES.fetch_add(1, Ordering::Relaxed));
         let worker_runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .thread_name(WORKER_THREAD_NAME)
+            .thread_name(worker_threads.as_str())
             .enable_all()
             .build()?;
         let worker = {
@@ -159,7 +165,13 @@ impl EmbeddedPipeline {
             receiver_task,
             worker_task,
             worker_runtime,
+            worker_threads,
         })
+    }
+
+    /// CPU time used so far by this pipeline's worker runtime (Linux; `None` elsewhere or when unreadable).
+    pub fn worker_cpu_time(&self) -> Option<Duration> {
+        thread_cpu_time(&self.worker_threads)
     }
 
     /// The worker's handle (stats, outage switch).
@@ -196,21 +208,16 @@ impl WorkerStatsSource for InProcessWorker {
     }
 }
 
-/// CPU time used so far by the worker runtime's threads (Linux; `None` elsewhere or when unreadable).
-pub fn worker_cpu_time() -> Option<Duration> {
-    thread_cpu_time(&WORKER_THREAD_NAME[..15])
-}
-
-/// CPU time (user + system) of this process's threads whose name starts with `prefix`, from `/proc`.
-fn thread_cpu_time(prefix: &str) -> Option<Duration> {
+/// CPU time (user + system) of this process's threads named `name`, from `/proc`.
+fn thread_cpu_time(name: &str) -> Option<Duration> {
     // Linux reports thread times in clock ticks of USER_HZ, which is 100 on every Linux ABI.
     const TICKS_PER_SECOND: u64 = 100;
     let mut ticks = 0u64;
     let mut found = false;
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let path = task.path();
-        let Ok(name) = std::fs::read_to_string(path.join("comm")) else { continue };
-        if !name.trim_end().starts_with(prefix) {
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else { continue };
+        if comm.trim_end() != name {
             continue;
         }
         let Ok(stat) = std::fs::read_to_string(path.join("stat")) else { continue };
