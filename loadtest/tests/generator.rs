@@ -108,24 +108,26 @@ async fn open_model_keeps_its_schedule_against_a_slow_server_and_reports_the_que
     // Capacity 50/s (20 ms, one at a time), offered 100/s for 1 s: the 100th request is intended at 0.99 s but
     // answered at about 2 s, so honest latencies climb to about 1 s while every send stays on time.
     let server = serve(Behaviour::Serial(Duration::from_millis(20))).await;
-    let result = run(&server, open(100.0, Duration::from_secs(1), 200), Duration::from_millis(5)).await;
+    let result = run(&server, open(100.0, Duration::from_secs(1), 200), Duration::from_millis(10)).await;
 
+    // Kept schedule: lags of milliseconds (a busy 2-core machine adds some), where a generator waiting for
+    // answers would fall behind by up to a second.
     let schedule = result.schedule.expect("open model reports its schedule");
     assert_eq!((schedule.scheduled, result.sent, result.outcomes.accepted), (100, 100, 100), "{result:#?}");
-    assert!(schedule.lag.p99_ms < 20.0, "sends kept their schedule: {:?}", schedule.lag);
-    assert!(schedule.late <= 5, "at most a few sends late: {schedule:?}");
+    assert!(schedule.lag.p99_ms < 25.0, "sends kept their schedule: {:?}", schedule.lag);
+    assert!(schedule.lag.max_ms < 100.0, "no send fell behind: {:?}", schedule.lag);
+    assert!(schedule.late <= 10, "at most a few sends late: {schedule:?}");
     assert!(schedule.connections >= 20, "lanes were opened for waiting requests: {schedule:?}");
+    // The last request (intended at 0.99 s) is answered when the run ends, after ~1 s of queueing in the
+    // server; its latency must say so, measured from its intended time.
+    let queued_ms = (result.load_duration_s - 0.99) * 1000.0;
+    assert!(queued_ms > 800.0, "the server needed ~2 s for 1 s of requests: {}", result.load_duration_s);
     assert!(
-        (850.0..1300.0).contains(&result.latency.max_ms),
-        "the last request queued about 1 s in the server: {:?}",
+        (result.latency.max_ms - queued_ms).abs() < 100.0,
+        "the last request's latency is its queueing, {queued_ms:.0} ms: {:?}",
         result.latency
     );
     assert!(result.latency.p50_ms > 350.0, "queueing shows in the median: {:?}", result.latency);
-    assert!(
-        (1.8..2.6).contains(&result.load_duration_s),
-        "the server needed ~2 s: {}",
-        result.load_duration_s
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,12 +152,13 @@ async fn percentiles_match_a_server_with_a_fixed_delay() {
     let result = run(&server, open(300.0, Duration::from_secs(2), 100), Duration::from_millis(5)).await;
 
     // Tolerance above the delay: tokio's timer rounds the server's sleep up to the next millisecond, and a
-    // shared 2-core machine adds scheduling noise to the tail.
+    // shared 2-core machine adds scheduling noise, mostly to the tail. Wrong percentile arithmetic (a mean, the
+    // wrong end of the distribution) would still land far outside.
     let latency = result.latency;
     assert_eq!(latency.count, 600);
     assert!(latency.min_ms >= 50.0, "{latency:?}");
-    assert!((50.0..57.0).contains(&latency.p50_ms), "{latency:?}");
-    assert!((50.0..75.0).contains(&latency.p99_ms), "{latency:?}");
+    assert!((50.0..60.0).contains(&latency.p50_ms), "{latency:?}");
+    assert!((50.0..100.0).contains(&latency.p99_ms), "{latency:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,9 +170,9 @@ async fn percentiles_separate_the_fast_nine_tenths_from_the_slow_tenth() {
     // 10% are slow, so the median sits with the fast ones and p95/p99 with the slow ones (p90 is the boundary).
     let latency = result.latency;
     assert_eq!(latency.count, 800);
-    assert!((10.0..15.0).contains(&latency.p50_ms), "{latency:?}");
-    assert!((100.0..130.0).contains(&latency.p95_ms), "{latency:?}");
-    assert!((100.0..130.0).contains(&latency.p99_ms), "{latency:?}");
+    assert!((10.0..20.0).contains(&latency.p50_ms), "{latency:?}");
+    assert!((100.0..150.0).contains(&latency.p95_ms), "{latency:?}");
+    assert!((100.0..180.0).contains(&latency.p99_ms), "{latency:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
