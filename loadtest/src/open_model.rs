@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -80,6 +80,9 @@ struct Shared {
     tickets: Semaphore,
     /// The next ticket index to hand out.
     next: AtomicU64,
+    /// Tickets whose outcome is recorded; the run is over when all are.
+    answered: AtomicU64,
+    all_answered: Notify,
     lanes: AtomicUsize,
     /// Lanes spawned but not yet waiting for tickets (still connecting).
     starting: AtomicUsize,
@@ -115,6 +118,8 @@ pub async fn run(
         },
         tickets: Semaphore::new(0),
         next: AtomicU64::new(0),
+        answered: AtomicU64::new(0),
+        all_answered: Notify::new(),
         lanes: AtomicUsize::new(initial),
         starting: AtomicUsize::new(0),
         max_lanes: load.max_connections,
@@ -128,6 +133,7 @@ pub async fn run(
         tracker.spawn(lane(Arc::clone(&shared), id, connection));
     }
     let (paced, pacer_done) = tokio::sync::oneshot::channel();
+    let stopped = stop.clone();
     let pacer = {
         let (shared, tracker, handle) =
             (Arc::clone(&shared), tracker.clone(), tokio::runtime::Handle::current());
@@ -145,8 +151,18 @@ pub async fn run(
             shared.tickets.close();
         }
     }
+    // The run is over when every ticket has its outcome, not when every lane has ended: a lane still
+    // connecting (a dropped SYN is retried after a whole second) has nothing left to do.
+    if shared.answered.load(Ordering::Acquire) < shared.schedule.total {
+        tokio::select! {
+            _ = shared.all_answered.notified() => {}
+            _ = stopped.cancelled() => {}
+        }
+    }
+    shared.tickets.close();
     tracker.close();
-    tracker.wait().await;
+    // After a stop, requests in flight get their timeout to finish; lanes still connecting are left behind.
+    let _ = tokio::time::timeout(shared.timeout, tracker.wait()).await;
     OpenRun { scheduled: shared.schedule.total, connections: shared.lanes.load(Ordering::Relaxed) }
 }
 
@@ -200,7 +216,8 @@ fn open_lanes_for_waiting_tickets(
         let lane_shared = Arc::clone(shared);
         tracker.spawn_on(
             async move {
-                let _ = connection.connect().await;
+                // A failed or slow connect is retried, and recorded, on the lane's first request.
+                let _ = tokio::time::timeout(lane_shared.timeout, connection.connect()).await;
                 lane_shared.starting.fetch_sub(1, Ordering::AcqRel);
                 lane(lane_shared, id, connection).await;
             },
@@ -224,10 +241,14 @@ async fn lane(shared: Arc<Shared>, id: usize, mut connection: Connection) {
         let lag = Instant::now().saturating_duration_since(intended);
         if lag >= shared.timeout {
             shared.recorder.finished(id, lag, Outcome::Failed(FailureKind::NotSent), None);
-            continue;
+        } else {
+            shared.recorder.sent(id, Some(lag));
+            let outcome = connection.exchange(shared.spec.build(index), shared.timeout).await;
+            shared.recorder.finished(id, intended.elapsed(), outcome, Some(lag));
         }
-        shared.recorder.sent(id, Some(lag));
-        let outcome = connection.exchange(shared.spec.build(index), shared.timeout).await;
-        shared.recorder.finished(id, intended.elapsed(), outcome, Some(lag));
+        if shared.answered.fetch_add(1, Ordering::AcqRel) + 1 == shared.schedule.total {
+            // Stores a permit if the run is not waiting yet, so the last answer is never missed.
+            shared.all_answered.notify_one();
+        }
     }
 }

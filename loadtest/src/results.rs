@@ -225,7 +225,8 @@ pub struct ScalingPoint {
     pub rss_mib: Option<f64>,
     /// Little's law: the fewest consumers that keep up, rate × latency.
     pub min_consumers_littles_law: u64,
-    /// The fewest consumers of the sweep that kept the backlog from growing (peak < 1% of orders).
+    /// Whether the consumers kept up: at the end of the sale the backlog was no more than the orders being
+    /// paid (at most 1.5 × N).
     pub kept_up: bool,
 }
 
