@@ -6,7 +6,11 @@
 //!   bottleneck.
 //! - [`recorder`]: HDR histograms and per-interval timelines; [`outcome`]: failure classes.
 //! - [`runner`]: one run with its sampler, queue/worker probes ([`probe`]), progress bar ([`progress`]) and
-//!   drain watch; [`results`]: the JSON schema and CSV timelines.
+//!   drain watch; [`results`]: the JSON schema (documented in `loadtest/RESULTS.md`) and CSV timelines;
+//!   [`report`]: the offline HTML report with SVG charts.
+//! - [`pipeline`]: the whole order pipeline in one process on the embedded bus (receiver, SNS → SQS, worker);
+//!   [`scenario`]: the original lab's scenarios and the time scale; [`experiment`]: one run on a fresh pipeline
+//!   or a deployed stack; [`compare`] and [`scale`]: the two experiments; [`cli`]: the command line.
 
 pub mod cli;
 pub mod client;
