@@ -1,12 +1,12 @@
 //! The micro-batcher: coalesces concurrent publishes into batch calls, each request keeping its own result.
 //!
-//! Requests hand their message to one task through a channel, with a oneshot for the answer. The task:
-//!
-//! - sends at once when no publish call is in flight (an idle receiver adds no latency);
-//! - while calls are in flight, keeps filling the next batch for up to `linger`, or until it has
-//!   [`MAX_BATCH_ENTRIES`] messages or [`MAX_MESSAGE_BYTES`] of them (SNS limits a batch's total size too);
-//! - uses `Publish` for a lone message and `PublishBatch` otherwise, at most `max_in_flight` calls at once;
-//! - answers each request with its own entry's result, so a partial batch failure fails only its own requests.
+//! - When no publish call is in flight and none is queued, a request publishes its message itself with one
+//!   `Publish` call: an idle receiver adds no latency and no hand-off.
+//! - Otherwise it hands the message to the batching task (a channel, and a oneshot for the answer). While calls
+//!   are in flight the task fills the next batch for up to `linger`, or until it holds [`MAX_BATCH_ENTRIES`]
+//!   messages or [`MAX_MESSAGE_BYTES`] of them (SNS limits a batch's total size too), then sends it with
+//!   `PublishBatch` (`Publish` when alone), at most `max_in_flight` calls at once.
+//! - Each request gets its own entry's result, so a partial batch failure fails only its own requests.
 //!
 //! Messages whose request has already gone (client disconnected, or its publish timeout passed) are dropped
 //! before sending: nobody was told they were accepted, so nobody is owed their publication.
@@ -65,9 +65,9 @@ pub struct PublishCounters {
 /// The handle requests publish through. Cheap to clone.
 #[derive(Clone)]
 pub struct PublishBatcher {
+    broker: Arc<Broker>,
     sender: mpsc::Sender<Pending>,
     publish_timeout: Duration,
-    counters: Arc<PublishCounters>,
     closing: CancellationToken,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
@@ -91,25 +91,27 @@ impl PublishBatcher {
     /// Starts the batching task on the current tokio runtime.
     pub fn start(publisher: Arc<dyn Publisher>, settings: BatcherSettings) -> Self {
         let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
-        let counters = Arc::new(PublishCounters::default());
-        let closing = CancellationToken::new();
         let max_in_flight = settings.max_in_flight.max(1);
-        let task = BatchTask {
+        let broker = Arc::new(Broker {
             publisher,
-            receiver,
-            carried: None,
-            linger: settings.linger,
             call_timeout: settings.publish_timeout,
             calls: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
-            counters: counters.clone(),
+            counters: PublishCounters::default(),
+        });
+        let closing = CancellationToken::new();
+        let task = BatchTask {
+            broker: broker.clone(),
+            receiver,
+            carried: None,
+            linger: settings.linger,
             closing: closing.clone(),
         };
         let task = tokio::spawn(task.run());
         Self {
+            broker,
             sender,
             publish_timeout: settings.publish_timeout,
-            counters,
             closing,
             task: Arc::new(Mutex::new(Some(task))),
         }
@@ -117,21 +119,46 @@ impl PublishBatcher {
 
     /// Publishes one message and waits for the broker's acknowledgement of it, at most the publish timeout.
     pub async fn publish(&self, message: OutgoingMessage) -> Result<MessageId, PublishError> {
-        let (reply, answer) = oneshot::channel();
-        let size = message.size_bytes();
-        let pending = Pending { message, size, reply };
-        let waited = tokio::time::timeout(self.publish_timeout, async {
-            self.sender.send(pending).await.map_err(|_| PublishError::ShuttingDown)?;
-            // The task answers every message it takes; a dropped reply means it stopped mid-way.
-            answer.await.map_err(|_| PublishError::ShuttingDown)?.map_err(PublishError::Bus)
+        if self.closing.is_cancelled() {
+            return Err(PublishError::ShuttingDown);
+        }
+        let acknowledged = tokio::time::timeout(self.publish_timeout, async {
+            match self.idle_call_slot() {
+                Some(_call) => self
+                    .broker
+                    .call(vec![message])
+                    .await
+                    .pop()
+                    .expect("one result per message")
+                    .map_err(Into::into),
+                None => self.through_the_task(message).await,
+            }
         })
         .await;
-        waited.unwrap_or(Err(PublishError::TimedOut(self.publish_timeout)))
+        acknowledged.unwrap_or(Err(PublishError::TimedOut(self.publish_timeout)))
+    }
+
+    /// A call slot, if nothing is in flight or queued: then there is nothing to batch with.
+    fn idle_call_slot(&self) -> Option<OwnedSemaphorePermit> {
+        let nothing_queued = self.sender.capacity() == self.sender.max_capacity();
+        if self.broker.idle() && nothing_queued {
+            self.broker.calls.clone().try_acquire_owned().ok()
+        } else {
+            None
+        }
+    }
+
+    async fn through_the_task(&self, message: OutgoingMessage) -> Result<MessageId, PublishError> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { size: message.size_bytes(), message, reply };
+        self.sender.send(pending).await.map_err(|_| PublishError::ShuttingDown)?;
+        // The task answers every message it takes; a dropped reply means it stopped mid-way.
+        answer.await.map_err(|_| PublishError::ShuttingDown)?.map_err(PublishError::Bus)
     }
 
     /// The batcher's counters.
     pub fn counters(&self) -> &PublishCounters {
-        &self.counters
+        &self.broker.counters
     }
 
     /// Stops taking new messages, publishes everything already queued, and waits for every call in flight,
@@ -143,18 +170,92 @@ impl PublishBatcher {
     }
 }
 
-/// The state of the batching task.
-struct BatchTask {
+/// Makes publish calls, at most `max_in_flight` at once, and accounts for them.
+struct Broker {
     publisher: Arc<dyn Publisher>,
-    receiver: mpsc::Receiver<Pending>,
-    /// A message that did not fit in the previous batch's byte budget; it starts the next batch.
-    carried: Option<Pending>,
-    linger: Duration,
     call_timeout: Duration,
     /// One permit per publish call in flight.
     calls: Arc<Semaphore>,
     max_in_flight: usize,
-    counters: Arc<PublishCounters>,
+    counters: PublishCounters,
+}
+
+impl Broker {
+    fn idle(&self) -> bool {
+        self.calls.available_permits() == self.max_in_flight
+    }
+
+    /// Publishes a batch's messages and answers each of its requests with its own entry's result.
+    async fn send_batch(self: Arc<Self>, mut batch: Vec<Pending>, _call: OwnedSemaphorePermit) {
+        let before = batch.len();
+        batch.retain(|pending| !pending.reply.is_closed());
+        let abandoned = before - batch.len();
+        if abandoned > 0 {
+            self.counters.abandoned.fetch_add(abandoned as u64, Ordering::Relaxed);
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let (messages, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|pending| (pending.message, pending.reply)).unzip();
+        let results = self.call(messages).await;
+        for (reply, result) in replies.into_iter().zip(results) {
+            // The request may have given up meanwhile; its answer then has nowhere to go.
+            let _ = reply.send(result);
+        }
+    }
+
+    /// One broker call: `Publish` for a lone message, `PublishBatch` otherwise. Always one result per message,
+    /// in order. Counts and measures the call.
+    async fn call(&self, mut messages: Vec<OutgoingMessage>) -> Vec<Result<MessageId, BusError>> {
+        let entries = messages.len();
+        let started = Instant::now();
+        let results = if let [_] = messages.as_slice() {
+            let message = messages.pop().expect("one message");
+            let result = tokio::time::timeout(self.call_timeout, self.publisher.publish(message)).await;
+            vec![result.unwrap_or(Err(BusError::Timeout))]
+        } else {
+            match tokio::time::timeout(self.call_timeout, self.publisher.publish_batch(messages)).await {
+                Ok(Ok(results)) if results.len() == entries => results,
+                Ok(Ok(results)) => vec![
+                    Err(BusError::Transient {
+                        code: "BatchResultMismatch".into(),
+                        message: format!("broker answered {entries} entries with {} results", results.len()),
+                    });
+                    entries
+                ],
+                Ok(Err(error)) => vec![Err(error); entries],
+                Err(_) => vec![Err(BusError::Timeout); entries],
+            }
+        };
+        let elapsed = started.elapsed();
+
+        let failed = results.iter().filter(|result| result.is_err()).count();
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        self.counters.published.fetch_add((entries - failed) as u64, Ordering::Relaxed);
+        self.counters.failed.fetch_add(failed as u64, Ordering::Relaxed);
+        let outcome = match failed {
+            0 => "ok",
+            n if n == entries => "failed",
+            _ => "partial",
+        };
+        metrics::histogram!("receiver_publish_batch_size").record(entries as f64);
+        metrics::histogram!("receiver_publish_duration_seconds", "outcome" => outcome)
+            .record(elapsed.as_secs_f64());
+        if let Some(Err(error)) = results.iter().find(|result| result.is_err()) {
+            tracing::warn!(entries, failed, %error, "publish to the bus failed");
+        }
+        results
+    }
+}
+
+/// The batching task's state.
+struct BatchTask {
+    broker: Arc<Broker>,
+    receiver: mpsc::Receiver<Pending>,
+    /// A message that did not fit in the previous batch's byte budget; it starts the next batch.
+    carried: Option<Pending>,
+    linger: Duration,
     closing: CancellationToken,
 }
 
@@ -162,18 +263,13 @@ impl BatchTask {
     async fn run(mut self) {
         while let Some(first) = self.next_message().await {
             let batch = self.fill(first).await;
-            let permit =
-                self.calls.clone().acquire_owned().await.expect("the call semaphore is never closed");
-            let call = BatchCall {
-                publisher: self.publisher.clone(),
-                timeout: self.call_timeout,
-                counters: self.counters.clone(),
-            };
-            tokio::spawn(call.send(batch, permit));
+            let call =
+                self.broker.calls.clone().acquire_owned().await.expect("the call semaphore is never closed");
+            tokio::spawn(self.broker.clone().send_batch(batch, call));
         }
         // Closed and drained: wait for the calls still in flight, so `close` returns only once all are answered.
-        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
-        let _ = self.calls.acquire_many(all).await;
+        let all = u32::try_from(self.broker.max_in_flight).unwrap_or(u32::MAX);
+        let _ = self.broker.calls.acquire_many(all).await;
     }
 
     /// The next message to start a batch with, or `None` once closed and drained.
@@ -181,22 +277,19 @@ impl BatchTask {
         if let Some(carried) = self.carried.take() {
             return Some(carried);
         }
-        if self.closing.is_cancelled() {
-            self.receiver.close();
-            return self.receiver.recv().await;
-        }
-        tokio::select! {
-            biased;
-            message = self.receiver.recv() => message,
-            () = self.closing.cancelled() => {
-                // No new messages from now on; the ones already queued are still received, then `None`.
-                self.receiver.close();
-                self.receiver.recv().await
+        if !self.closing.is_cancelled() {
+            tokio::select! {
+                biased;
+                message = self.receiver.recv() => return message,
+                () = self.closing.cancelled() => {}
             }
         }
+        // Closing: no new messages from now on; the ones already queued are still received, then `None`.
+        self.receiver.close();
+        self.receiver.recv().await
     }
 
-    /// Adds to `first` whatever is queued, lingering for more only while other calls are in flight.
+    /// Adds to `first` whatever is queued, lingering for more only while calls are in flight.
     async fn fill(&mut self, first: Pending) -> Vec<Pending> {
         let linger_until = Instant::now() + self.linger;
         let mut bytes = first.size;
@@ -205,7 +298,7 @@ impl BatchTask {
             let next = match self.receiver.try_recv() {
                 Ok(next) => next,
                 Err(mpsc::error::TryRecvError::Empty)
-                    if self.calls_in_flight() && !self.closing.is_cancelled() =>
+                    if !self.broker.idle() && !self.closing.is_cancelled() =>
                 {
                     tokio::select! {
                         next = self.receiver.recv() => match next {
@@ -225,81 +318,6 @@ impl BatchTask {
             batch.push(next);
         }
         batch
-    }
-
-    fn calls_in_flight(&self) -> bool {
-        self.calls.available_permits() < self.max_in_flight
-    }
-}
-
-/// What one spawned publish call needs.
-struct BatchCall {
-    publisher: Arc<dyn Publisher>,
-    timeout: Duration,
-    counters: Arc<PublishCounters>,
-}
-
-impl BatchCall {
-    /// Publishes one batch and answers each of its requests with its own entry's result.
-    async fn send(self, mut batch: Vec<Pending>, _permit: OwnedSemaphorePermit) {
-        let before = batch.len();
-        batch.retain(|pending| !pending.reply.is_closed());
-        let abandoned = before - batch.len();
-        if abandoned > 0 {
-            self.counters.abandoned.fetch_add(abandoned as u64, Ordering::Relaxed);
-        }
-        if batch.is_empty() {
-            return;
-        }
-        let (messages, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|pending| (pending.message, pending.reply)).unzip();
-        let entries = messages.len();
-        let started = Instant::now();
-        let results = self.call(messages).await;
-        let elapsed = started.elapsed();
-
-        let failed = results.iter().filter(|result| result.is_err()).count();
-        self.counters.calls.fetch_add(1, Ordering::Relaxed);
-        self.counters.published.fetch_add((entries - failed) as u64, Ordering::Relaxed);
-        self.counters.failed.fetch_add(failed as u64, Ordering::Relaxed);
-        let outcome = match failed {
-            0 => "ok",
-            n if n == entries => "failed",
-            _ => "partial",
-        };
-        metrics::histogram!("receiver_publish_batch_size").record(entries as f64);
-        metrics::histogram!("receiver_publish_duration_seconds", "outcome" => outcome)
-            .record(elapsed.as_secs_f64());
-        if let Some(Err(error)) = results.iter().find(|result| result.is_err()) {
-            tracing::warn!(entries, failed, %error, "publish to the bus failed");
-        }
-        for (reply, result) in replies.into_iter().zip(results) {
-            // The request may have given up meanwhile; its answer then has nowhere to go.
-            let _ = reply.send(result);
-        }
-    }
-
-    /// One broker call for the batch: `Publish` when alone, `PublishBatch` otherwise. Always one result per
-    /// message, in order.
-    async fn call(&self, mut messages: Vec<OutgoingMessage>) -> Vec<Result<MessageId, BusError>> {
-        let entries = messages.len();
-        if entries == 1 {
-            let message = messages.pop().expect("one message");
-            let result = tokio::time::timeout(self.timeout, self.publisher.publish(message)).await;
-            return vec![result.unwrap_or(Err(BusError::Timeout))];
-        }
-        match tokio::time::timeout(self.timeout, self.publisher.publish_batch(messages)).await {
-            Ok(Ok(results)) if results.len() == entries => results,
-            Ok(Ok(results)) => vec![
-                Err(BusError::Transient {
-                    code: "BatchResultMismatch".into(),
-                    message: format!("broker answered {entries} entries with {} results", results.len()),
-                });
-                entries
-            ],
-            Ok(Err(error)) => vec![Err(error); entries],
-            Err(_) => vec![Err(BusError::Timeout); entries],
-        }
     }
 }
 
