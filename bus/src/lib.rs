@@ -208,17 +208,10 @@ pub trait Consumer: Send + Sync + 'static {
     /// Receives up to `max_messages` (1 to [`MAX_BATCH_ENTRIES`]), waiting up to `wait` (at most [`MAX_WAIT`])
     /// for the first to arrive; returns early as soon as any are available. Each received message becomes
     /// invisible for the queue's visibility timeout.
-    async fn receive(
-        &self,
-        max_messages: usize,
-        wait: Duration,
-    ) -> Result<Vec<ReceivedMessage>, BusError>;
+    async fn receive(&self, max_messages: usize, wait: Duration) -> Result<Vec<ReceivedMessage>, BusError>;
 
     /// Deletes 1 to [`MAX_BATCH_ENTRIES`] deliveries; one result per handle, in order.
-    async fn delete_batch(
-        &self,
-        handles: Vec<ReceiptHandle>,
-    ) -> Result<Vec<EntryResult<()>>, BusError>;
+    async fn delete_batch(&self, handles: Vec<ReceiptHandle>) -> Result<Vec<EntryResult<()>>, BusError>;
 
     /// Changes the visibility of 1 to [`MAX_BATCH_ENTRIES`] deliveries; one result per entry, in order.
     async fn change_visibility_batch(
@@ -239,12 +232,10 @@ pub trait Consumer: Send + Sync + 'static {
     }
 
     /// Changes the visibility of one delivery.
-    async fn change_visibility(
-        &self,
-        handle: ReceiptHandle,
-        timeout: Duration,
-    ) -> Result<(), BusError> {
-        single(self.change_visibility_batch(vec![VisibilityChange { receipt_handle: handle, timeout }]).await?)
+    async fn change_visibility(&self, handle: ReceiptHandle, timeout: Duration) -> Result<(), BusError> {
+        single(
+            self.change_visibility_batch(vec![VisibilityChange { receipt_handle: handle, timeout }]).await?,
+        )
     }
 }
 
@@ -261,9 +252,5 @@ fn single<T>(mut results: Vec<EntryResult<T>>) -> Result<T, BusError> {
 
 /// Checks a batch's entry count against SQS/SNS limits, before any call is made.
 pub fn check_batch_size(len: usize) -> Result<(), BusError> {
-    if (1..=MAX_BATCH_ENTRIES).contains(&len) {
-        Ok(())
-    } else {
-        Err(BusError::InvalidBatchSize { len })
-    }
+    if (1..=MAX_BATCH_ENTRIES).contains(&len) { Ok(()) } else { Err(BusError::InvalidBatchSize { len }) }
 }
