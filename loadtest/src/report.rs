@@ -215,18 +215,20 @@ fn scaling_section(document: &ResultsDocument) -> String {
         None,
     ));
     html.push_str(&line_chart_x(
-        "Peak backlog and drain time vs consumers N",
+        "Peak backlog vs consumers N",
         "consumers N",
-        "messages / seconds",
+        "messages",
+        &[Series { name: "peak backlog".into(), color: RED, points: xy(|p| p.peak_backlog as f64) }],
+        None,
+    ));
+    html.push_str(&line_chart_x(
+        "Drain time vs consumers N",
+        "consumers N",
+        "seconds",
         &[
+            Series { name: "drain (measured)".into(), color: BLUE, points: xy(|p| p.drain_s) },
             Series {
-                name: "peak backlog (messages)".into(),
-                color: RED,
-                points: xy(|p| p.peak_backlog as f64),
-            },
-            Series { name: "drain (s)".into(), color: BLUE, points: xy(|p| p.drain_s) },
-            Series {
-                name: "Little's-law drain (s)".into(),
+                name: "Little's law: backlog × L ÷ N".into(),
                 color: RGBColor(150, 150, 150),
                 points: xy(|p| p.drain_predicted_s),
             },

@@ -125,7 +125,7 @@ pub fn render(document: &ResultsDocument) -> String {
             format!("{:.2}{}", p.drain_s, if p.drain_finished { "" } else { "+" }),
             p.drain_predicted_s,
             crate::compare::human(p.drain_s * k.factor()),
-            p.worker_cpu_cores.map_or("–".into(), |c| format!("{c:.2}")),
+            p.worker_cpu_cores.map_or("–".into(), |c| format!("{c:.3}")),
             p.rss_mib.map_or("–".into(), |m| format!("{m:.0}")),
             if p.kept_up { "yes" } else { "no" },
         );
