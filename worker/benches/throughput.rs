@@ -27,6 +27,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use worker::{Worker, WorkerConfig, WorkerHandle};
 
+/// The same allocator as the worker binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The throughput floor, as a fraction of N / L.
 const THROUGHPUT_FLOOR: f64 = 0.97;
 /// Resource floors for N = 10,000 at L = 3 s.
@@ -78,6 +82,8 @@ struct Measured {
     peak_rss_mb: f64,
     retried: u64,
     dead_lettered: u64,
+    /// Messages per receive call, over the whole run.
+    batch: f64,
 }
 
 fn main() -> ExitCode {
@@ -212,6 +218,7 @@ async fn measure(case: Case) -> Measured {
         peak_rss_mb: usage.max_rss() as f64 / 1024.0, // Linux reports kilobytes
         retried: stats.retried,
         dead_lettered: stats.dead_lettered,
+        batch: stats.received as f64 / stats.receives.max(1) as f64,
     }
 }
 

@@ -109,8 +109,9 @@ impl Worker {
     /// visibility changes, and returns. (On SQS, a long poll cancelled while its answer is on the wire may
     /// already have taken messages; they are not lost, but return only after their visibility timeout.)
     ///
-    /// Dropping this future instead (an aborted task) is a crash in miniature: every task stops where it is,
-    /// nothing more is deleted or released, and the queue redelivers the unfinished messages after their
+    /// Dropping this future instead (an aborted task) is a crash in miniature: pollers and batchers stop where
+    /// they are, payments are dropped unfinished, nothing more is deleted or released (beyond a step already
+    /// under way, as with a real crash), and the queue redelivers the unfinished messages after their
     /// visibility timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), WorkerError> {
         let Worker { shared, consumer } = self;
@@ -119,9 +120,9 @@ impl Worker {
 
         let kill = CancellationToken::new();
         let _kill_on_drop = kill.clone().drop_guard();
-        let background = Spawner::new(kill.clone());
-        let processing = Spawner::new(kill.clone());
-        let polling = Spawner::new(kill.clone());
+        let background = Spawner::killable(kill.clone());
+        let processing = Spawner::self_stopping();
+        let polling = Spawner::killable(kill.clone());
 
         let settings = BatchSettings::new(config.batch_flush_interval);
         let stats = &shared.stats;
@@ -139,7 +140,8 @@ impl Worker {
             consumer,
             deleter,
             visibility,
-            abandon: CancellationToken::new(),
+            abandon: kill.child_token(),
+            kill: kill.clone(),
         });
         let stop_polling = CancellationToken::new();
         let pollers = config.effective_pollers();
@@ -235,6 +237,7 @@ impl WorkerHandle {
             duplicates: stats.duplicates.get(),
             released: stats.released.get(),
             heartbeats: stats.heartbeats.get(),
+            receives: stats.receives.get(),
             poll_errors: stats.poll_errors.get(),
             delete_failures: stats.delete_failures.load(Ordering::Relaxed),
             visibility_failures: stats.visibility_failures.load(Ordering::Relaxed),

@@ -19,7 +19,10 @@ pub(crate) async fn poll(processor: Arc<Processor>, processing: Spawner, poller:
             Ok(mut messages) => {
                 consecutive_failures = 0;
                 let received_at = Instant::now();
-                shared.stats.received.add(messages.len() as u64);
+                if !messages.is_empty() {
+                    shared.stats.receives.add(1);
+                    shared.stats.received.add(messages.len() as u64);
+                }
                 if messages.len() > slots.len() {
                     // A broker must not do this; if it does, hand the extras straight back.
                     tracing::error!(

@@ -32,14 +32,18 @@ pub(crate) struct Processor {
     pub(crate) consumer: Arc<dyn Consumer>,
     pub(crate) deleter: Batcher<ReceiptHandle>,
     pub(crate) visibility: Batcher<VisibilityChange>,
-    /// Cancelled when the shutdown deadline passes: unfinished payments stop and their messages are released.
+    /// Cancelled when the shutdown deadline passes (unfinished payments stop and their messages are released),
+    /// and, as a child of `kill`, when the worker is killed (they stop and do nothing more).
     pub(crate) abandon: CancellationToken,
+    /// Cancelled when the worker's `run` future is dropped: a crash.
+    pub(crate) kill: CancellationToken,
 }
 
 /// How the payment phase of a message ended.
 enum Payment {
     Finished(Result<PaymentReceipt, PaymentError>),
     Abandoned,
+    Killed,
 }
 
 impl Processor {
@@ -107,6 +111,7 @@ impl Processor {
                     self.retry_later(&message);
                 }
             }
+            Payment::Killed => {}
             Payment::Abandoned => {
                 drop(claim);
                 stats.released.add(1);
@@ -119,8 +124,8 @@ impl Processor {
         }
     }
 
-    /// Pays, extending the message's visibility whenever it is about to expire, until the payment finishes
-    /// or the shutdown deadline abandons it. Each extension completes before the next step, so no extension
+    /// Pays, extending the message's visibility whenever it is about to expire, until the payment finishes,
+    /// the shutdown deadline abandons it, or the worker is killed. Each extension completes before the next step, so no extension
     /// can land after the message's delete or release.
     async fn pay(
         &self,
@@ -141,7 +146,9 @@ impl Processor {
             tokio::select! {
                 biased;
                 result = &mut payment => return Payment::Finished(result),
-                () = self.abandon.cancelled() => return Payment::Abandoned,
+                () = self.abandon.cancelled() => {
+                    return if self.kill.is_cancelled() { Payment::Killed } else { Payment::Abandoned };
+                }
                 () = sleep_until(extend_at), if heartbeat => {
                     let change = VisibilityChange { receipt_handle: message.receipt_handle.clone(), timeout: visibility };
                     let asked = Instant::now();

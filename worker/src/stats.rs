@@ -42,6 +42,8 @@ pub struct WorkerStats {
     pub released: u64,
     /// Visibility extensions of messages whose processing outlasted the visibility timeout.
     pub heartbeats: u64,
+    /// Receive calls that returned messages. `received / receives` is the average batch: SQS bills per call.
+    pub receives: u64,
     /// Receives that failed (broker errors); each is followed by a backoff.
     pub poll_errors: u64,
     /// Deletes that failed for good; the message will be redelivered, and deduplicated if still remembered.
@@ -152,6 +154,7 @@ pub(crate) struct Stats {
     pub(crate) duplicates: Tally,
     pub(crate) released: Tally,
     pub(crate) heartbeats: Tally,
+    pub(crate) receives: Tally,
     pub(crate) poll_errors: Tally,
     /// Plain atomics: the batchers count into them, and `/stats` reads them.
     pub(crate) delete_failures: std::sync::Arc<AtomicU64>,
@@ -207,6 +210,7 @@ impl Stats {
             duplicates: Tally::new("worker_duplicates_total"),
             released: Tally::new("worker_messages_released_total"),
             heartbeats: Tally::new("worker_visibility_extensions_total"),
+            receives: Tally::new("worker_receives_total"),
             poll_errors: Tally::new("worker_poll_errors_total"),
             delete_failures: Default::default(),
             visibility_failures: Default::default(),
