@@ -49,6 +49,7 @@ async fn a_worker_killed_mid_payment_loses_nothing() {
     );
     wait_for("the deletes", SECOND, || stack.queue.stats_now().backlog() == 0).await;
     assert_eq!(second.handle.charged(), 3);
+    assert_eq!(first_handle.charged(), 0, "the killed worker's payments died with it");
     assert_eq!(stack.dead_letter.stats_now().backlog(), 0);
     second.shutdown().await;
 }
