@@ -265,7 +265,12 @@ impl BatchTask {
             let batch = self.fill(first).await;
             let call =
                 self.broker.calls.clone().acquire_owned().await.expect("the call semaphore is never closed");
-            tokio::spawn(self.broker.clone().send_batch(batch, call));
+            let mut send = Box::pin(self.broker.clone().send_batch(batch, call));
+            // Poll the call once here: a broker that answers at once (the embedded one) is done without a task
+            // switch; one that has to wait (SNS over the network) continues on a task of its own.
+            if std::future::poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await.is_pending() {
+                tokio::spawn(send);
+            }
         }
         // Closed and drained: wait for the calls still in flight, so `close` returns only once all are answered.
         let all = u32::try_from(self.broker.max_in_flight).unwrap_or(u32::MAX);
