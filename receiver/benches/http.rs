@@ -11,8 +11,10 @@
 //! trivial axum route answering a static 202 on a second port: the ceiling for this machine, runtime and load
 //! generator. Phases:
 //!
-//! 1. **Capacity** (wrk, closed loop, `BENCH_CONNECTIONS` connections for `BENCH_SECONDS`): the static route,
-//!    then `POST /orders/async`. Floors: ≥ 25,000 accepted orders/s, and ≥ 0.5 × the static route.
+//! 1. **Capacity** (wrk, closed loop, `BENCH_CONNECTIONS` (64) connections for `BENCH_SECONDS` (5) each): the
+//!    static route and `POST /orders/async` alternately, `BENCH_ROUNDS` (3) times; the best round of each is
+//!    compared, since other processes on a shared machine only take throughput away. Floors: ≥ 25,000 accepted
+//!    orders/s, and ≥ 0.5 × the static route. Server CPU per request is printed for each round.
 //! 2. **Latency at 10,000 orders/s** (an open-model generator in this process: requests are started on a fixed
 //!    schedule whatever the answers do, and latency is counted from each request's *scheduled* start, so a
 //!    stall cannot hide behind fewer requests). Floors: p99 < 10 ms, every answer 202, receiver RSS < 64 MB
@@ -202,6 +204,7 @@ impl Server {
 async fn bench() -> bool {
     let seconds: u64 = env_or("BENCH_SECONDS", 5);
     let connections: u64 = env_or("BENCH_CONNECTIONS", 64);
+    let rounds: u32 = env_or("BENCH_ROUNDS", 3);
     let mut ok = true;
     let mut check = |name: &str, passed: bool, detail: String| {
         println!("  [{}] {name}: {detail}", if passed { "pass" } else { "FAIL" });
@@ -224,24 +227,32 @@ async fn bench() -> bool {
     )
     .unwrap();
 
-    println!("\n1. capacity: wrk -t1 -c{connections} -d{seconds}s (closed loop)");
+    println!(
+        "\n1. capacity: wrk -t1 -c{connections} -d{seconds}s (closed loop), {rounds} alternating rounds"
+    );
     wrk(&script, server.receiver, 1, connections); // warm-up
-    let cpu_before = server.cpu_time();
-    let static_run = wrk(&script, server.static_route, seconds, connections);
-    let static_cpu = per_request_us(server.cpu_time() - cpu_before, static_run.rate * seconds as f64);
-    println!(
-        "   static 202 route   {:>9.0} req/s   p99 {:>6.2} ms   server CPU {static_cpu:.1} us/request",
-        static_run.rate, static_run.p99_ms
-    );
-    let cpu_before = server.cpu_time();
-    let async_run = wrk(&script, server.receiver, seconds, connections);
-    let async_cpu = per_request_us(server.cpu_time() - cpu_before, async_run.rate * seconds as f64);
-    let async_peak_rss = server.memory_mb("VmHWM:");
-    println!(
-        "   POST /orders/async {:>9.0} req/s   p99 {:>6.2} ms   server CPU {async_cpu:.1} us/request   \
-         non-2xx {}   peak RSS {:.1} MB",
-        async_run.rate, async_run.p99_ms, async_run.non_2xx, async_peak_rss
-    );
+    let (mut static_runs, mut async_runs) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        for (name, target, runs) in [
+            ("static 202 route  ", server.static_route, &mut static_runs),
+            ("POST /orders/async", server.receiver, &mut async_runs),
+        ] {
+            let cpu_before = server.cpu_time();
+            let run = wrk(&script, target, seconds, connections);
+            let cpu = per_request_us(server.cpu_time() - cpu_before, run.rate * seconds as f64);
+            println!(
+                "   round {round}  {name} {:>9.0} req/s   p99 {:>6.2} ms   server CPU {cpu:>5.1} us/request   \
+                 non-2xx {}",
+                run.rate, run.p99_ms, run.non_2xx
+            );
+            runs.push(run);
+        }
+    }
+    // The best round of each: other processes on a shared machine only ever take throughput away.
+    let best = |runs: &[WrkRun]| runs.iter().map(|run| run.rate).fold(0.0, f64::max);
+    let (static_best, async_best) = (best(&static_runs), best(&async_runs));
+    let non_2xx: u64 = async_runs.iter().map(|run| run.non_2xx).sum();
+    println!("   peak RSS of the receiver process so far: {:.1} MB", server.memory_mb("VmHWM:"));
     let stats = fetch_stats(server.receiver).await;
     println!(
         "   receiver /stats: accepted {} published {} failed {} shed {} publish calls {} (mean batch {:.2})",
@@ -254,12 +265,16 @@ async fn bench() -> bool {
             / stats["async"]["publish_calls"].as_f64().unwrap_or(1.0)
     );
     check(
-        "accepted orders/s >= 25,000",
-        async_run.rate >= ACCEPTED_FLOOR && async_run.non_2xx == 0,
-        format!("{:.0}/s, {} non-2xx", async_run.rate, async_run.non_2xx),
+        "accepted orders/s >= 25,000 (best round)",
+        async_best >= ACCEPTED_FLOOR && non_2xx == 0,
+        format!("{async_best:.0}/s, {non_2xx} non-2xx in all rounds"),
     );
-    let ratio = async_run.rate / static_run.rate;
-    check("async >= 0.5 x static route", ratio >= STATIC_RATIO_FLOOR, format!("{ratio:.2} x"));
+    let ratio = async_best / static_best;
+    check(
+        "async >= 0.5 x static route (best rounds)",
+        ratio >= STATIC_RATIO_FLOOR,
+        format!("{async_best:.0} / {static_best:.0} = {ratio:.2} x"),
+    );
 
     println!("\n2. latency at {OPEN_RATE} orders/s for {seconds} s (open model, from each scheduled start)");
     let open = open_model(server.receiver, OPEN_RATE, Duration::from_secs(seconds), &server).await;
