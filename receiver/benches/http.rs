@@ -41,6 +41,10 @@ use orders::PaymentConfig;
 use receiver::{AppState, Config};
 use tokio::time::Instant;
 
+/// The allocator the receiver binary uses, so the child measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ROLE_VAR: &str = "RECEIVER_BENCH_ROLE";
 const ORDER: &str =
     r#"{"customer_id": 1234, "items": [{"product_id": "PROD-001", "quantity": 2, "price": 49.99}]}"#;

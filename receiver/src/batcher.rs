@@ -124,7 +124,8 @@ impl PublishBatcher {
         }
         let acknowledged = tokio::time::timeout(self.publish_timeout, async {
             match self.idle_call_slot() {
-                Some(_call) => self
+                // The slot is held for the duration of the call, so others see a call in flight and batch.
+                Some(_slot) => self
                     .broker
                     .call(vec![message])
                     .await

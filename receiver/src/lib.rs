@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 mod batcher;
 mod config;
 mod error;
+mod request_metrics;
 mod routes;
 mod state;
 
@@ -44,7 +45,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(routes::record_request))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::record_request))
         .with_state(state)
 }
 

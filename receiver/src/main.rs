@@ -10,6 +10,11 @@ use clap::{Parser, ValueEnum};
 use orders::PaymentConfig;
 use receiver::{AppState, Config};
 
+/// mimalloc instead of glibc malloc: each order allocates its request, parse, wire message and response, and
+/// on two cores glibc's free lists cost the receiver a measurable share of its CPU (receiver/benches/http.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// HTTP front door of orderflow: accepts orders and publishes them to SNS (`POST /orders/async`), or takes
 /// payment synchronously as the baseline (`POST /orders/sync`).
 #[derive(Debug, Parser)]

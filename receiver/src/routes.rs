@@ -22,11 +22,8 @@ use uuid::Uuid;
 use crate::MAX_BODY_BYTES;
 use crate::batcher::PublishError;
 use crate::error::ApiError;
+use crate::request_metrics::Route;
 use crate::state::{AppState, Endpoint};
-
-/// The routes, for metric labels. Anything else is labelled `unmatched`, so a scan of random paths cannot
-/// create unbounded metric series.
-pub(crate) const ROUTES: [&str; 5] = ["/orders/async", "/orders/sync", "/health", "/stats", "/metrics"];
 
 /// How long a client may take to send its body once its request is admitted (10 s). A client trickling bytes
 /// would otherwise hold one of the endpoint's limited slots for as long as it likes.
@@ -249,16 +246,10 @@ pub(crate) async fn method_not_allowed() -> ApiError {
 }
 
 /// Records every request's count and latency by route and status.
-pub(crate) async fn record_request(request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    let route = ROUTES.into_iter().find(|route| *route == path).unwrap_or("unmatched");
+pub(crate) async fn record_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = Route::of(request.uri().path());
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_str().to_owned();
-    let elapsed = started.elapsed().as_secs_f64();
-    metrics::counter!("receiver_http_requests_total", "route" => route, "status" => status.clone())
-        .increment(1);
-    metrics::histogram!("receiver_http_request_duration_seconds", "route" => route, "status" => status)
-        .record(elapsed);
+    state.request_metrics().record(route, response.status(), started.elapsed());
     response
 }

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::Config;
 use crate::batcher::{BatcherSettings, PublishBatcher};
 use crate::error::ApiError;
+use crate::request_metrics::RequestMetrics;
 
 /// The receiver's shared state. Cheap to clone (an `Arc` inside).
 #[derive(Clone, Debug)]
@@ -25,6 +26,7 @@ struct Shared {
     batcher: PublishBatcher,
     gate: PaymentGate,
     metrics: Option<PrometheusHandle>,
+    request_metrics: RequestMetrics,
     started: std::time::Instant,
     async_admission: Admission,
     sync_admission: Admission,
@@ -92,6 +94,7 @@ impl AppState {
                 sync_admission: Admission::new(config.max_sync_in_flight),
                 batcher,
                 metrics,
+                request_metrics: RequestMetrics::new(),
                 started: std::time::Instant::now(),
                 counters: Counters::default(),
                 config,
@@ -116,6 +119,10 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> Option<&PrometheusHandle> {
         self.shared.metrics.as_ref()
+    }
+
+    pub(crate) fn request_metrics(&self) -> &RequestMetrics {
+        &self.shared.request_metrics
     }
 
     pub(crate) fn counters(&self) -> &Counters {

@@ -1,0 +1,69 @@
+//! Request count and latency by route and status, with each series' handles looked up once.
+//!
+//! Why not `metrics::counter!(name, labels)` on every request: each such call looks the series up in the
+//! recorder's registry (building the key, hashing the labels, taking a shared lock), and on two busy cores that
+//! lookup cost about a sixth of the receiver's throughput. Here each (route, status) series is looked up on its
+//! first request and its handles are kept, so a request only increments a counter and records a sample.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use metrics::{Counter, Histogram};
+
+/// The routes, for the `route` label. Any other path is labelled `unmatched`, so a scan of random paths cannot
+/// create unbounded metric series.
+const ROUTES: [&str; 5] = ["/orders/async", "/orders/sync", "/health", "/stats", "/metrics"];
+const UNMATCHED: &str = "unmatched";
+
+/// One slot per status code from 100 to 599.
+const STATUS_SLOTS: usize = 500;
+
+/// A route's position in [`ROUTES`], or `ROUTES.len()` for `unmatched`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Route(usize);
+
+impl Route {
+    pub(crate) fn of(path: &str) -> Self {
+        Self(ROUTES.iter().position(|route| *route == path).unwrap_or(ROUTES.len()))
+    }
+
+    fn label(self) -> &'static str {
+        ROUTES.get(self.0).copied().unwrap_or(UNMATCHED)
+    }
+}
+
+/// The handles of one (route, status) series.
+#[derive(Debug)]
+struct Series {
+    requests: Counter,
+    latency: Histogram,
+}
+
+/// `receiver_http_requests_total` and `receiver_http_request_duration_seconds`, by route and status.
+#[derive(Debug)]
+pub(crate) struct RequestMetrics {
+    series: Box<[OnceLock<Series>]>,
+}
+
+impl RequestMetrics {
+    pub(crate) fn new() -> Self {
+        Self { series: (0..(ROUTES.len() + 1) * STATUS_SLOTS).map(|_| OnceLock::new()).collect() }
+    }
+
+    /// Counts one request and records how long it took.
+    pub(crate) fn record(&self, route: Route, status: StatusCode, elapsed: Duration) {
+        let code = usize::from(status.as_u16()).clamp(100, 100 + STATUS_SLOTS - 1);
+        let series = self.series[route.0 * STATUS_SLOTS + code - 100].get_or_init(|| {
+            let (route, status) = (route.label(), status.as_str().to_owned());
+            Series {
+                requests: metrics::counter!("receiver_http_requests_total", "route" => route, "status" => status.clone()),
+                latency: metrics::histogram!(
+                    "receiver_http_request_duration_seconds", "route" => route, "status" => status
+                ),
+            }
+        });
+        series.requests.increment(1);
+        series.latency.record(elapsed.as_secs_f64());
+    }
+}
