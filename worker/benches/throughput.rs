@@ -84,6 +84,10 @@ struct Measured {
     dead_lettered: u64,
     /// Messages per receive call, over the whole run.
     batch: f64,
+    /// Receive to settled (the payment phase), p50 and p99 in ms: the rest of each cycle is the wait for the
+    /// next receive.
+    processing_p50_ms: f64,
+    processing_p99_ms: f64,
 }
 
 fn main() -> ExitCode {
@@ -97,8 +101,18 @@ fn main() -> ExitCode {
 
     println!("worker throughput on the embedded bus, per-consumer gates (floor: {THROUGHPUT_FLOOR} x N / L)");
     println!(
-        "{:>7} {:>7} {:>9} {:>8} {:>11} {:>11} {:>6} {:>9} {:>9}  verdict",
-        "N", "L", "preload", "window", "orders/s", "floor", "ratio", "CPU", "peak RSS"
+        "{:>7} {:>7} {:>9} {:>8} {:>11} {:>11} {:>6} {:>9} {:>9} {:>6} {:>15}  verdict",
+        "N",
+        "L",
+        "preload",
+        "window",
+        "orders/s",
+        "floor",
+        "ratio",
+        "CPU",
+        "peak RSS",
+        "batch",
+        "pay p50/p99 ms"
     );
     // `cargo bench -p worker --bench throughput -- 10000` runs only the cases with those consumer counts.
     let only: Vec<usize> = args.iter().filter_map(|arg| arg.parse().ok()).collect();
@@ -133,7 +147,7 @@ fn main() -> ExitCode {
             }
         }
         println!(
-            "{:>7} {:>5}ms {:>9} {:>7.2}s {:>11.1} {:>11.1} {:>6.3} {:>8.3}c {:>7.1}MB  {}",
+            "{:>7} {:>5}ms {:>9} {:>7.2}s {:>11.1} {:>11.1} {:>6.3} {:>8.3}c {:>7.1}MB {:>6.1} {:>7.1}/{:<7.1}  {}",
             case.consumers,
             case.latency_ms,
             measured.preloaded,
@@ -143,6 +157,9 @@ fn main() -> ExitCode {
             measured.throughput / (case.consumers as f64 / (case.latency_ms as f64 / 1000.0)),
             measured.cpu_cores,
             measured.peak_rss_mb,
+            measured.batch,
+            measured.processing_p50_ms,
+            measured.processing_p99_ms,
             if verdict.is_empty() { "ok".to_string() } else { verdict.join(", ") },
         );
         if !verdict.is_empty() {
@@ -219,6 +236,8 @@ async fn measure(case: Case) -> Measured {
         retried: stats.retried,
         dead_lettered: stats.dead_lettered,
         batch: stats.received as f64 / stats.receives.max(1) as f64,
+        processing_p50_ms: stats.processing_ms.p50,
+        processing_p99_ms: stats.processing_ms.p99,
     }
 }
 

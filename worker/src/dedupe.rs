@@ -36,9 +36,10 @@ pub(crate) struct RecentOrders {
     inner: Mutex<Window>,
 }
 
-#[derive(Default)]
 struct Window {
-    state: HashMap<Uuid, State>,
+    /// foldhash, not the default SipHash: order ids are server-made UUIDs, not attacker-chosen keys, and
+    /// hashing is a visible share of the worker's CPU per message at ten thousand consumers.
+    state: HashMap<Uuid, State, foldhash::fast::RandomState>,
     /// Settled ids, oldest first: the eviction order.
     settled: VecDeque<Uuid>,
 }
@@ -51,7 +52,14 @@ enum State {
 impl RecentOrders {
     /// A window remembering up to `capacity` settled orders (at least one).
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), inner: Mutex::new(Window::default()) }
+        let capacity = capacity.max(1);
+        // Sized up front (a few MB at the default): growing a large map rehashes it under the lock, a pause
+        // every consumer would wait through.
+        let window = Window {
+            state: HashMap::with_capacity_and_hasher(capacity + capacity / 8, Default::default()),
+            settled: VecDeque::with_capacity(capacity + 1),
+        };
+        Self { capacity, inner: Mutex::new(window) }
     }
 
     /// Claims an order for processing, unless it is in progress or already settled.
