@@ -282,7 +282,12 @@ async fn drive<T>(driver: &mut Pin<Box<Http1Driver>>, work: impl Future<Output =
     let mut work = pin!(work);
     let mut ended = false;
     std::future::poll_fn(|context| {
-        // The driver first: it writes the queued request and reads the answer that `work` is waiting for.
+        // Work, driver, work: the work queues the request the driver then writes, and the driver delivers the
+        // response (and body) the work waits for, all in one poll rather than through a wake-up of this task
+        // for each hand-over.
+        if let Poll::Ready(output) = work.as_mut().poll(context) {
+            return Poll::Ready(Some(output));
+        }
         if !ended && driver.as_mut().poll(context).is_ready() {
             ended = true;
         }
