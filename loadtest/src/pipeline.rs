@@ -65,7 +65,10 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => Some(handle),
+            Ok(handle) => {
+                receiver::spawn_metrics_upkeep(handle.clone());
+                Some(handle)
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot install the Prometheus recorder; /metrics will be empty");
                 None

@@ -92,14 +92,7 @@ fn serve() {
             .unwrap()
             .install_recorder()
             .expect("install the recorder");
-        let upkeep = metrics.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                every.tick().await;
-                upkeep.run_upkeep();
-            }
-        });
+        receiver::spawn_metrics_upkeep(metrics.clone());
 
         let stack = EmbeddedStack::new(StackConfig::default());
         // The harness's consumer keeps the queue (and so memory) flat. It polls without waiting and naps when the

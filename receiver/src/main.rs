@@ -106,16 +106,7 @@ async fn serve(args: Args, topic_arn: String) -> anyhow::Result<()> {
         )?
         .install_recorder()
         .context("installing the Prometheus recorder")?;
-    // The recorder keeps raw samples until they are folded into the histograms; fold them regularly so memory
-    // stays flat even when nobody scrapes /metrics.
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            every.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
+    receiver::spawn_metrics_upkeep(metrics.clone());
 
     let publisher = bus::aws::AwsPublisher::new(&bus::aws::config_from_env().await, topic_arn.clone());
     let config = Config {

@@ -198,14 +198,18 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(metric_names::END_TO_END_SECONDS.into()), END_TO_END)?
         .install_recorder()
         .context("installing the Prometheus recorder")?;
+    // On its own thread, every second: folding many seconds of samples at once on a runtime worker is a pause
+    // every in-flight message would wait through (receiver::spawn_metrics_upkeep measured it).
     let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            ticks.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                upkeep.run_upkeep();
+            }
+        })
+        .context("starting the metrics upkeep thread")?;
     Ok(handle)
 }
 
