@@ -1,6 +1,6 @@
 //! The open model: requests arrive at a constant rate whatever the server does, as real customers do.
 //!
-//! Request `i` has an *intended* send time, `start + i / rate`. A pacer thread releases each request (a
+//! Request `i` has an *intended* send time, `start + i / rate`. A pacer task releases each request (a
 //! ticket) at its intended time; lanes, each owning one keep-alive connection, take tickets in order and send
 //! them. When every lane is busy, tickets wait and a new lane is opened, up to `max_connections`. Latency is
 //! measured from the intended time, never from the actual send, so a slow server cannot hide its latency by
