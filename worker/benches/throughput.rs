@@ -222,7 +222,11 @@ async fn measure(case: Case) -> Measured {
         payment: PaymentConfig { latency, ..PaymentConfig::default() },
         ..WorkerConfig::default()
     };
-    let worker = Worker::new(config, Arc::new(stack.queue.clone()));
+    let worker = Worker::new(
+        config,
+        Arc::new(stack.queue.clone()),
+        Arc::new(ledger::embedded::EmbeddedLedger::default()),
+    );
     let handle = worker.handle();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(worker.run(async move {

@@ -95,6 +95,9 @@ pub struct WorkerConfig {
     /// After a shutdown signal, how long in-flight payments may run before their messages are released.
     /// 25 s fits inside ECS's 30 s stop timeout.
     pub shutdown_deadline: Duration,
+    /// This worker's name in the order ledger (the owner of its claims, the settler of its orders), so an
+    /// operator can tell which process handled an order. Unique per process by default.
+    pub worker_id: String,
 }
 
 /// The most pollers chosen automatically (see [`WorkerConfig::pollers`]).
@@ -115,8 +118,14 @@ impl Default for WorkerConfig {
             batch_flush_interval: Duration::from_millis(10),
             dedupe_capacity: 100_000,
             shutdown_deadline: Duration::from_secs(25),
+            worker_id: default_worker_id(),
         }
     }
+}
+
+/// `worker-` and eight random hex digits: unique enough to tell processes apart in the ledger.
+pub fn default_worker_id() -> String {
+    format!("worker-{:08x}", fastrand::u32(..))
 }
 
 impl WorkerConfig {
@@ -126,6 +135,12 @@ impl WorkerConfig {
             0 => self.consumers.div_ceil(bus::MAX_BATCH_ENTRIES).clamp(1, AUTO_POLLERS_MAX),
             n => n,
         }
+    }
+
+    /// How long a claim on an order holds in the ledger: the visibility timeout, so an order whose worker died
+    /// is claimable again by the time the queue redelivers its message.
+    pub fn claim_lease(&self) -> Duration {
+        self.visibility_timeout
     }
 
     /// Checks what would make the worker misbehave rather than fail loudly.
@@ -141,6 +156,9 @@ impl WorkerConfig {
         }
         if self.visibility_timeout.is_zero() || self.visibility_timeout > bus::MAX_VISIBILITY {
             return Err("visibility timeout must be between 1 s and 12 h".into());
+        }
+        if self.worker_id.is_empty() {
+            return Err("worker id must not be empty".into());
         }
         if !(0.0..=1.0).contains(&self.payment.decline_rate) {
             return Err("decline rate must be between 0 and 1".into());

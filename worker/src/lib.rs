@@ -12,9 +12,11 @@
 //! no message sits received-but-waiting while its visibility timeout runs out.
 //!
 //! Delivery is at least once, and the worker is built for it: settled orders are deleted, everything else
-//! returns to the queue (after a backoff, or at once at shutdown), poison goes to the dead-letter queue with
-//! its reason, and a bounded window of recently settled orders keeps a redelivered order from being charged
-//! twice.
+//! returns to the queue (after a backoff, or at once at shutdown), and poison goes to the dead-letter queue
+//! with its reason. No order is charged twice, across any number of worker processes and crashes: each order
+//! is claimed in the [order ledger](ledger) before payment (a lease and a fencing token), the payment gateway
+//! records its one charge per order there, and the settle is conditional on the claim's token. A bounded
+//! window of recently settled orders is a cheap first filter in front of the ledger, nothing more.
 //!
 //! Entry points: [`Worker::new`], [`Worker::handle`], [`Worker::run`]; [`http_app`] and [`serve_http`] for the
 //! operational HTTP port.
@@ -35,9 +37,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bus::Consumer;
+use ledger::Ledger;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AUTO_POLLERS_MAX, Backoff, GateMode, WorkerConfig};
+pub use config::{AUTO_POLLERS_MAX, Backoff, GateMode, WorkerConfig, default_worker_id};
 pub use http::{http_app, serve_http};
 pub use stats::{LatencySummary, WorkerStats, metric_names};
 
@@ -69,6 +73,21 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     pub(crate) recent: RecentOrders,
     pub(crate) draining: AtomicBool,
+    pub(crate) ledger: Arc<dyn Ledger>,
+    /// A test's crash point: processing that reaches it stops there for good.
+    pub(crate) freeze: std::sync::OnceLock<(CrashPoint, Arc<Notify>)>,
+}
+
+/// A point in processing one order where a test can freeze the worker and then kill it, to check that a
+/// crash there neither loses the order nor charges it twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The order is claimed; the gateway has not been called.
+    BeforeCharge,
+    /// The gateway charged and recorded the payment; the status is not written.
+    AfterCharge,
+    /// The status is written; the message is not deleted.
+    AfterSettle,
 }
 
 /// A worker, built and ready to [`run`](Worker::run).
@@ -84,15 +103,18 @@ pub struct WorkerHandle {
 }
 
 impl Worker {
-    /// Builds a worker consuming from `consumer`: its slots and payment gates (the gates' outage windows
-    /// count from here). Install a `metrics` recorder before this if Prometheus metrics are wanted.
-    pub fn new(config: WorkerConfig, consumer: Arc<dyn Consumer>) -> Self {
+    /// Builds a worker consuming from `consumer` and claiming orders in `ledger`: its slots and payment gates
+    /// (the gates' outage windows count from here). Install a `metrics` recorder before this if Prometheus
+    /// metrics are wanted.
+    pub fn new(config: WorkerConfig, consumer: Arc<dyn Consumer>, ledger: Arc<dyn Ledger>) -> Self {
         let slots = Arc::new(Slots::new(config.consumers, config.gate_mode, &config.payment));
         let shared = Shared {
             recent: RecentOrders::new(config.dedupe_capacity),
             slots,
             stats: Stats::new(),
             draining: AtomicBool::new(false),
+            ledger,
+            freeze: std::sync::OnceLock::new(),
             config,
         };
         Self { shared: Arc::new(shared), consumer }
@@ -242,6 +264,9 @@ impl WorkerHandle {
             delete_failures: stats.delete_failures.load(Ordering::Relaxed),
             visibility_failures: stats.visibility_failures.load(Ordering::Relaxed),
             charged: self.charged(),
+            claimed_elsewhere: stats.claimed_elsewhere.get(),
+            replayed_payments: stats.replayed_payments.get(),
+            ledger_errors: stats.ledger_errors.get(),
             in_flight,
             free_slots: consumers - in_flight,
             utilization: if consumers == 0 { 0.0 } else { in_flight as f64 / consumers as f64 },
@@ -285,5 +310,13 @@ impl WorkerHandle {
     /// The worker's configuration.
     pub fn config(&self) -> &WorkerConfig {
         &self.shared.config
+    }
+
+    /// For crash tests: the first order whose processing reaches `point` stops there for good, and the
+    /// returned `Notify` is notified; abort the worker's task then to crash it there. Set once per worker.
+    pub fn freeze_at(&self, point: CrashPoint) -> Arc<Notify> {
+        let reached = Arc::new(Notify::new());
+        let _ = self.shared.freeze.set((point, Arc::clone(&reached)));
+        Arc::clone(&self.shared.freeze.get().expect("just set").1)
     }
 }

@@ -37,6 +37,19 @@ struct Args {
     #[arg(long, env = "ORDERS_DLQ_URL")]
     dlq_url: Option<String>,
 
+    /// DynamoDB table of the order ledger, where each order is claimed before it is charged (required: it is
+    /// what keeps any number of workers from charging an order twice).
+    #[arg(long, env = "ORDERS_TABLE")]
+    table: Option<String>,
+
+    /// How long the ledger keeps an order's record after its last write (DynamoDB TTL).
+    #[arg(long, env = "LEDGER_RETENTION", default_value_t = humantime::Duration::from(ledger::DEFAULT_RETENTION))]
+    ledger_retention: humantime::Duration,
+
+    /// This worker's name in the ledger (owner of its claims); a random `worker-xxxxxxxx` by default.
+    #[arg(long, env = "WORKER_ID")]
+    worker_id: Option<String>,
+
     /// Orders processed concurrently (processing slots).
     #[arg(long, env = "WORKER_CONSUMERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     consumers: u32,
@@ -130,7 +143,14 @@ async fn main() -> anyhow::Result<()> {
              run `cargo run --release -p loadtest -- up`."
         );
     };
+    let Some(table) = args.table.clone() else {
+        bail!(
+            "no order ledger: set --table or ORDERS_TABLE to the orders DynamoDB table. Without it, workers in \
+             different processes could charge one order twice."
+        );
+    };
     let sdk = bus::aws::config_from_env().await;
+    let ledger = ledger::dynamodb::DynamoLedger::new(&sdk, table, args.ledger_retention.into());
     let mut consumer = bus::aws::AwsConsumer::new(&sdk, queue_url);
     match &args.dlq_url {
         Some(dlq_url) => consumer = consumer.with_dead_letter_queue(dlq_url.clone()),
@@ -141,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let metrics = install_metrics()?;
-    let worker = Worker::new(worker_config(&args), Arc::new(consumer));
+    let worker = Worker::new(worker_config(&args), Arc::new(consumer), Arc::new(ledger));
     let handle = worker.handle();
 
     let address = SocketAddr::new(args.bind, args.port);
@@ -182,6 +202,7 @@ fn worker_config(args: &Args) -> WorkerConfig {
         max_receive_count: args.max_receive_count,
         dedupe_capacity: args.dedupe_capacity,
         shutdown_deadline: args.shutdown_deadline,
+        worker_id: args.worker_id.clone().unwrap_or_else(worker::default_worker_id),
         ..WorkerConfig::default()
     }
 }

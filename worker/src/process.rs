@@ -1,10 +1,14 @@
-//! What happens to one received message: parse, deduplicate, pay (with a visibility heartbeat), and settle.
+//! What happens to one received message: parse, deduplicate, claim in the ledger, pay (with a visibility
+//! heartbeat), settle in the ledger, delete.
 //!
 //! | outcome                              | what the queue sees                                              |
 //! |--------------------------------------|------------------------------------------------------------------|
 //! | paid or declined                     | deleted (batched)                                                |
-//! | already settled (duplicate)          | deleted, not charged again                                       |
+//! | already settled (duplicate, redrive) | deleted, not charged again                                       |
 //! | same order in progress here          | visible again after a backoff, then recognised as a duplicate    |
+//! | claimed by a live worker elsewhere   | left alone: visible again after its visibility timeout           |
+//! | payment recorded by an earlier claim | settled with that payment, deleted; nothing charged              |
+//! | ledger error                         | visible again after a backoff; nothing charged                   |
 //! | gateway failure                      | visible again after a backoff growing with the receive count     |
 //! | gateway failure, last allowed receive| sent to the DLQ with the reason, then deleted                    |
 //! | unparseable or invalid (poison)      | sent to the DLQ with the reason, then deleted                    |
@@ -17,14 +21,18 @@ use bus::{
     ATTR_DEAD_LETTER_REASON, Consumer, OutgoingMessage, ReceiptHandle, ReceivedMessage, VisibilityChange,
 };
 use chrono::Utc;
-use orders::{Order, PaymentError, PaymentGate, PaymentOutcome, PaymentReceipt, WireMessage};
+use ledger::{
+    ChargeError, Charged, ClaimRequest, IdempotentGateway, NewOrder, PaymentRecord, Settle, Settlement,
+};
+use orders::{Order, OrderStatus, PaymentGate, PaymentOutcome, WireMessage};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::Batcher;
 use crate::dedupe::{Claim, Settled};
 use crate::slots::Slot;
-use crate::{Shared, WorkerConfig};
+use crate::{CrashPoint, Shared, WorkerConfig};
+use ledger::Claim as LedgerClaim;
 
 /// Processes messages for one run of the worker.
 pub(crate) struct Processor {
@@ -41,7 +49,7 @@ pub(crate) struct Processor {
 
 /// How the payment phase of a message ended.
 enum Payment {
-    Finished(Result<PaymentReceipt, PaymentError>),
+    Finished(Result<Charged, ChargeError>),
     Abandoned,
     Killed,
 }
@@ -65,29 +73,86 @@ impl Processor {
         let stats = &self.shared.stats;
         let wire = match WireMessage::parse(&message.body) {
             Ok(wire) => wire,
-            Err(error) => return self.dead_letter(message, format!("poison message: {error}")).await,
+            Err(error) => {
+                self.dead_letter(message, format!("poison message: {error}")).await;
+                return;
+            }
         };
-        let claim = match self.shared.recent.claim(wire.order.order_id) {
+        let order_id = wire.order.order_id;
+        let window = match self.shared.recent.claim(order_id) {
             Claim::New(claim) => claim,
             Claim::Settled(outcome) => {
                 stats.duplicates.add(1);
-                tracing::info!(order_id = %wire.order.order_id, ?outcome, "duplicate delivery of a settled order; not charged again");
+                tracing::info!(%order_id, ?outcome, "duplicate delivery of a settled order; not charged again");
                 return self.deleter.submit(message.receipt_handle);
             }
             Claim::InProgress => {
                 stats.retried.add(1);
-                tracing::debug!(order_id = %wire.order.order_id, "same order in progress; postponing this delivery");
+                tracing::debug!(%order_id, "same order in progress; postponing this delivery");
                 return self.retry_later(&message);
             }
         };
-        match self.pay(slot.gate(), &wire.order, &message, received_at).await {
-            Payment::Finished(Ok(receipt)) => {
-                let settled = match receipt.outcome {
+        let request = ClaimRequest {
+            order: NewOrder::of(&wire.order, wire.accepted_at),
+            worker: self.config().worker_id.clone(),
+            lease: self.config().claim_lease(),
+        };
+        let (token, recorded) = match self.shared.ledger.claim(&request).await {
+            Ok(LedgerClaim::Won { token, record }) => (token, record.payment()),
+            Ok(LedgerClaim::Settled(record)) => {
+                window.settle(settled_as(record.status));
+                stats.duplicates.add(1);
+                tracing::info!(%order_id, status = ?record.status, "order already settled; deleted without charging");
+                return self.deleter.submit(message.receipt_handle);
+            }
+            Ok(LedgerClaim::Busy(record)) => {
+                stats.claimed_elsewhere.add(1);
+                tracing::info!(%order_id, owner = ?record.worker, lease_expires_at = ?record.lease_expires_at,
+                    "order claimed by another worker; leaving this delivery for later");
+                return;
+            }
+            Err(error) => {
+                stats.ledger_errors.add(1);
+                stats.retried.add(1);
+                tracing::warn!(%order_id, %error, "ledger claim failed; retrying after a backoff, nothing charged");
+                return self.retry_later(&message);
+            }
+        };
+        self.checkpoint(CrashPoint::BeforeCharge).await;
+        match self.pay(slot.gate(), recorded, &wire.order, &message, received_at).await {
+            Payment::Finished(Ok(charged)) => {
+                self.checkpoint(CrashPoint::AfterCharge).await;
+                if charged.replayed {
+                    stats.replayed_payments.add(1);
+                }
+                let outcome = charged.payment.outcome;
+                let worker = &self.config().worker_id;
+                match self.shared.ledger.settle(order_id, token, worker, &Settlement::of(outcome)).await {
+                    Ok(Settle::Settled(_)) => {}
+                    Ok(Settle::Fenced(current)) if current.as_ref().is_some_and(|r| r.is_settled()) => {
+                        tracing::info!(%order_id, "another worker settled this order first");
+                    }
+                    Ok(Settle::Fenced(current)) => {
+                        stats.claimed_elsewhere.add(1);
+                        tracing::info!(%order_id, owner = ?current.and_then(|r| r.worker),
+                            "claim taken over by another worker; leaving this delivery for later");
+                        return;
+                    }
+                    Err(error) => {
+                        // The payment is recorded: the next claim settles with it and charges nothing.
+                        stats.ledger_errors.add(1);
+                        stats.retried.add(1);
+                        tracing::warn!(%order_id, %error, "ledger settle failed; retrying after a backoff");
+                        return self.retry_later(&message);
+                    }
+                }
+                self.checkpoint(CrashPoint::AfterSettle).await;
+                let settled = match outcome {
                     PaymentOutcome::Approved => Settled::Completed,
                     PaymentOutcome::Declined => Settled::Declined,
                 };
-                // Remember before deleting: if the delete is lost, the redelivery is recognised.
-                claim.settle(settled);
+                // Remember before deleting: if the delete is lost, the redelivery is recognised cheaply.
+                window.settle(settled);
                 match settled {
                     Settled::Completed => stats.completed.add(1),
                     Settled::Declined => stats.declined.add(1),
@@ -98,23 +163,35 @@ impl Processor {
                 self.deleter.submit(message.receipt_handle);
             }
             Payment::Finished(Err(error)) => {
-                drop(claim);
+                drop(window);
+                if matches!(error, ChargeError::Ledger(_)) {
+                    stats.ledger_errors.add(1);
+                }
                 let allowed = self.config().max_receive_count;
                 if allowed > 0 && message.receive_count >= allowed {
                     let reason =
                         format!("payment failed on all {} allowed deliveries; last error: {error}", allowed);
-                    self.dead_letter(message, reason).await;
+                    let failed = Settlement::Failed(reason.clone());
+                    if self.dead_letter(message, reason).await {
+                        let worker = &self.config().worker_id;
+                        if let Err(error) = self.shared.ledger.settle(order_id, token, worker, &failed).await
+                        {
+                            tracing::warn!(%order_id, %error, "could not record the failed order in the ledger");
+                        }
+                    }
                 } else {
                     stats.retried.add(1);
-                    tracing::info!(order_id = %wire.order.order_id, receive_count = message.receive_count, %error,
+                    tracing::info!(%order_id, receive_count = message.receive_count, %error,
                         "payment failed transiently; the queue will redeliver after a backoff");
+                    self.release_claim(order_id, token, &error.to_string()).await;
                     self.retry_later(&message);
                 }
             }
             Payment::Killed => {}
             Payment::Abandoned => {
-                drop(claim);
+                drop(window);
                 stats.released.add(1);
+                self.release_claim(order_id, token, "released at shutdown before the payment finished").await;
                 let release =
                     VisibilityChange { receipt_handle: message.receipt_handle, timeout: Duration::ZERO };
                 if let Err(error) = self.visibility.submit_and_wait(release).await {
@@ -124,12 +201,32 @@ impl Processor {
         }
     }
 
+    /// Ends this worker's claim now, so the order's next delivery can claim it at once instead of waiting out
+    /// the lease. If the ledger cannot be reached the lease simply runs out.
+    async fn release_claim(&self, order_id: uuid::Uuid, token: u32, reason: &str) {
+        if let Err(error) = self.shared.ledger.release(order_id, token, reason).await {
+            self.shared.stats.ledger_errors.add(1);
+            tracing::warn!(%order_id, %error, "could not release the claim; it lapses with its lease");
+        }
+    }
+
+    /// Where a test froze this worker: processing that reaches the point stops there for good.
+    async fn checkpoint(&self, point: CrashPoint) {
+        if let Some((frozen, reached)) = self.shared.freeze.get()
+            && *frozen == point
+        {
+            reached.notify_one();
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Pays, extending the message's visibility whenever it is about to expire, until the payment finishes,
     /// the shutdown deadline abandons it, or the worker is killed. Each extension completes before the next step, so no extension
     /// can land after the message's delete or release.
     async fn pay(
         &self,
         gate: &PaymentGate,
+        recorded: Option<PaymentRecord>,
         order: &Order,
         message: &ReceivedMessage,
         received_at: Instant,
@@ -139,7 +236,8 @@ impl Processor {
         let lead = visibility / 3;
         let mut visible_until = received_at + visibility;
         let mut heartbeat = true;
-        let payment = gate.pay(order);
+        let gateway = IdempotentGateway::new(gate.clone(), Arc::clone(&self.shared.ledger));
+        let payment = gateway.charge(order, recorded);
         tokio::pin!(payment);
         loop {
             let extend_at = visible_until - lead;
@@ -159,7 +257,8 @@ impl Processor {
                         }
                         Err(error) => {
                             // Usually a stale handle: the message was already redelivered. Keep paying; the
-                            // dedupe window recognises the other delivery if it comes here.
+                            // ledger's claim and the gateway's charge record keep the other delivery from
+                            // charging again.
                             heartbeat = false;
                             tracing::warn!(order_id = %order.order_id, %error, "could not extend visibility");
                         }
@@ -176,9 +275,10 @@ impl Processor {
         self.visibility.submit(VisibilityChange { receipt_handle: message.receipt_handle.clone(), timeout });
     }
 
-    /// Moves a message to the dead-letter queue with the reason attached, then deletes it. If the DLQ is
-    /// unreachable the message is retried later instead (and the queue's redrive remains the backstop).
-    async fn dead_letter(&self, message: ReceivedMessage, reason: String) {
+    /// Moves a message to the dead-letter queue with the reason attached, then deletes it; `true` if it was
+    /// moved. If the DLQ is unreachable the message is retried later instead (and the queue's redrive remains
+    /// the backstop).
+    async fn dead_letter(&self, message: ReceivedMessage, reason: String) -> bool {
         let stats = &self.shared.stats;
         let mut copy = OutgoingMessage::new(message.body.clone());
         copy.attributes = message.attributes.clone();
@@ -188,11 +288,13 @@ impl Processor {
                 stats.dead_lettered.add(1);
                 tracing::warn!(message_id = %message.message_id, %reason, "message moved to the dead-letter queue");
                 self.deleter.submit(message.receipt_handle);
+                true
             }
             Err(error) => {
                 stats.retried.add(1);
                 tracing::warn!(message_id = %message.message_id, %error, "could not dead-letter; retrying later");
                 self.retry_later(&message);
+                false
             }
         }
     }
@@ -211,5 +313,13 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The dedupe window's name for a settled ledger status.
+fn settled_as(status: OrderStatus) -> Settled {
+    match status {
+        OrderStatus::Declined => Settled::Declined,
+        _ => Settled::Completed,
     }
 }

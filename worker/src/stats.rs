@@ -52,6 +52,14 @@ pub struct WorkerStats {
     pub visibility_failures: u64,
     /// Payments charged by this worker's gates (approved or declined): each order should count once.
     pub charged: u64,
+    /// Deliveries of an order another worker holds a live claim on: left for later, not charged.
+    pub claimed_elsewhere: u64,
+    /// Orders whose payment was already recorded by an earlier attempt (a crash after charging): settled
+    /// with that payment, nothing charged.
+    pub replayed_payments: u64,
+    /// Ledger calls that failed (throttling, outage); the message is retried after a backoff, never charged
+    /// without a claim.
+    pub ledger_errors: u64,
     /// Messages being processed right now.
     pub in_flight: usize,
     /// Processing slots not processing a message.
@@ -156,6 +164,9 @@ pub(crate) struct Stats {
     pub(crate) heartbeats: Tally,
     pub(crate) receives: Tally,
     pub(crate) poll_errors: Tally,
+    pub(crate) claimed_elsewhere: Tally,
+    pub(crate) replayed_payments: Tally,
+    pub(crate) ledger_errors: Tally,
     /// Plain atomics: the batchers count into them, and `/stats` reads them.
     pub(crate) delete_failures: std::sync::Arc<AtomicU64>,
     pub(crate) visibility_failures: std::sync::Arc<AtomicU64>,
@@ -212,6 +223,9 @@ impl Stats {
             heartbeats: Tally::new("worker_visibility_extensions_total"),
             receives: Tally::new("worker_receives_total"),
             poll_errors: Tally::new("worker_poll_errors_total"),
+            claimed_elsewhere: Tally::new("worker_claimed_elsewhere_total"),
+            replayed_payments: Tally::new("worker_replayed_payments_total"),
+            ledger_errors: Tally::new("worker_ledger_errors_total"),
             delete_failures: Default::default(),
             visibility_failures: Default::default(),
             in_flight: AtomicUsize::new(0),

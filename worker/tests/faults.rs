@@ -414,8 +414,11 @@ async fn the_heartbeat_keeps_a_long_payment_from_being_redelivered() {
 #[tokio::test]
 async fn an_invalid_config_is_refused() {
     let stack = stack(VISIBILITY, 5);
-    let worker =
-        Worker::new(WorkerConfig { consumers: 0, ..WorkerConfig::default() }, Arc::new(stack.queue.clone()));
+    let worker = Worker::new(
+        WorkerConfig { consumers: 0, ..WorkerConfig::default() },
+        Arc::new(stack.queue.clone()),
+        Arc::new(ledger::embedded::EmbeddedLedger::default()),
+    );
     let outcome = worker.run(std::future::pending()).await;
     assert!(matches!(outcome, Err(WorkerError::InvalidConfig(_))), "{outcome:?}");
 }

@@ -37,7 +37,11 @@ async fn health_stats_and_metrics_describe_the_running_worker() {
     let stack = stack(VISIBILITY, 5);
     send_orders(&stack.queue, 3);
     let worker = metrics::with_local_recorder(&recorder, || {
-        Worker::new(config(2, Duration::from_millis(60), VISIBILITY), Arc::new(stack.queue.clone()))
+        Worker::new(
+            config(2, Duration::from_millis(60), VISIBILITY),
+            Arc::new(stack.queue.clone()),
+            Arc::new(ledger::embedded::EmbeddedLedger::default()),
+        )
     });
     let handle = worker.handle();
     let base = serve(handle.clone(), Some(prometheus)).await;

@@ -13,6 +13,8 @@ use bus::{
     VisibilityChange,
 };
 use chrono::Utc;
+use ledger::Ledger;
+use ledger::embedded::EmbeddedLedger;
 use orders::{Order, OrderRequest, PaymentConfig, WireMessage};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -69,8 +71,18 @@ pub struct Running {
 }
 
 impl Running {
+    /// A worker with a ledger of its own (as if it were the only worker process).
     pub fn start(config: WorkerConfig, consumer: Arc<dyn Consumer>) -> Self {
-        let worker = Worker::new(config, consumer);
+        Self::start_with_ledger(config, consumer, Arc::new(EmbeddedLedger::default()))
+    }
+
+    /// A worker sharing `ledger` with others (other worker processes, in miniature).
+    pub fn start_with_ledger(
+        config: WorkerConfig,
+        consumer: Arc<dyn Consumer>,
+        ledger: Arc<dyn Ledger>,
+    ) -> Self {
+        let worker = Worker::new(config, consumer, ledger);
         let handle = worker.handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(worker.run(async move {

@@ -1,0 +1,266 @@
+//! The ledger in process memory, with the same conditional rules as the DynamoDB adapter.
+//!
+//! Records sit in a few mutex-guarded shards keyed by order id; each port call takes one shard's lock for its
+//! whole check-and-write, which is what a conditional write is. Time is tokio time anchored to the wall clock
+//! at creation, so leases and expiry follow `tokio::time::pause()` in tests. Expired records read as absent
+//! (as a careful reader of DynamoDB treats an item its TTL has not yet removed) and are dropped on the next
+//! write to their shard's sweep.
+//!
+//! [`EmbeddedLedger::fail_with`] makes every call fail, for tests of what callers do when the ledger is down.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use orders::{OrderStatus, PaymentOutcome};
+use uuid::Uuid;
+
+use crate::{
+    ChargeRecord, Claim, ClaimRequest, DEFAULT_RETENTION, Ledger, LedgerError, NewOrder, OrderRecord,
+    PaymentRecord, Settle, Settlement, expiry,
+};
+
+/// Shards of the record map: enough that the receiver's writes and the workers' claims rarely meet on one lock.
+const SHARDS: usize = 16;
+
+/// The in-process ledger. Share it with `Arc`.
+#[derive(Debug)]
+pub struct EmbeddedLedger {
+    shards: Box<[Mutex<Shard>]>,
+    retention: Duration,
+    clock: Clock,
+    failure: Mutex<Option<LedgerError>>,
+}
+
+/// One lock's worth of records.
+#[derive(Debug, Default)]
+struct Shard {
+    records: HashMap<Uuid, OrderRecord>,
+    /// The size at which the next sweep of expired records runs.
+    sweep_at: usize,
+}
+
+/// A shard sweeps expired records once it holds this many, and then at twice what the last sweep left.
+const FIRST_SWEEP: usize = 1024;
+
+/// Wall-clock time that advances with tokio's clock.
+#[derive(Debug)]
+struct Clock {
+    wall: DateTime<Utc>,
+    origin: tokio::time::Instant,
+}
+
+impl Clock {
+    fn now(&self) -> DateTime<Utc> {
+        crate::expiry(self.wall, self.origin.elapsed())
+    }
+}
+
+impl Default for EmbeddedLedger {
+    fn default() -> Self {
+        Self::new(DEFAULT_RETENTION)
+    }
+}
+
+impl EmbeddedLedger {
+    /// An empty ledger keeping each record for `retention` after its last write. Call within a tokio runtime
+    /// only if its clock is to be paused.
+    pub fn new(retention: Duration) -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Shard { sweep_at: FIRST_SWEEP, ..Shard::default() }))
+                .collect(),
+            retention,
+            clock: Clock { wall: Utc::now(), origin: tokio::time::Instant::now() },
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// The ledger's current time: the wall clock at creation plus tokio time elapsed since.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Makes every call fail with `error` until called with `None`: an outage or throttling of the store.
+    pub fn fail_with(&self, error: Option<LedgerError>) {
+        *lock(&self.failure) = error;
+    }
+
+    /// Every live record, for tests and experiments (a scan: never on a request path).
+    pub fn records(&self) -> Vec<OrderRecord> {
+        let now = self.now();
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                lock(shard).records.values().filter(|r| r.expires_at > now).cloned().collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Live records, without copying them.
+    pub fn len(&self) -> usize {
+        let now = self.now();
+        self.shards
+            .iter()
+            .map(|shard| lock(shard).records.values().filter(|r| r.expires_at > now).count())
+            .sum()
+    }
+
+    /// Whether no live record is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn check_failure(&self) -> Result<(), LedgerError> {
+        match &*lock(&self.failure) {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `write` on the order's live record (or `None`) under its shard's lock.
+    fn with_record<T>(
+        &self,
+        order_id: Uuid,
+        write: impl FnOnce(&mut Option<OrderRecord>, DateTime<Utc>) -> T,
+    ) -> Result<T, LedgerError> {
+        self.check_failure()?;
+        let now = self.now();
+        let mut shard = lock(&self.shards[shard_of(order_id)]);
+        let mut record = shard.records.remove(&order_id).filter(|record| record.expires_at > now);
+        let answer = write(&mut record, now);
+        if let Some(record) = record {
+            shard.records.insert(order_id, record);
+            if shard.records.len() >= shard.sweep_at {
+                shard.records.retain(|_, record| record.expires_at > now);
+                shard.sweep_at = (shard.records.len() * 2).max(FIRST_SWEEP);
+            }
+        }
+        Ok(answer)
+    }
+}
+
+fn shard_of(order_id: Uuid) -> usize {
+    // UUIDv7's last bytes are random.
+    usize::from(order_id.as_bytes()[15]) % SHARDS
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[async_trait]
+impl Ledger for EmbeddedLedger {
+    async fn create(&self, order: &NewOrder) -> Result<bool, LedgerError> {
+        let retention = self.retention;
+        self.with_record(order.order_id, |record, now| {
+            if record.is_some() {
+                return false;
+            }
+            *record = Some(OrderRecord::pending(order, now, retention));
+            true
+        })
+    }
+
+    async fn get(&self, order_id: Uuid) -> Result<Option<OrderRecord>, LedgerError> {
+        self.with_record(order_id, |record, _| record.clone())
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, LedgerError> {
+        let retention = self.retention;
+        self.with_record(request.order.order_id, |slot, now| {
+            let record = slot.get_or_insert_with(|| OrderRecord::pending(&request.order, now, retention));
+            if record.is_settled() {
+                return Claim::Settled(record.clone());
+            }
+            if !record.is_claimable(now) {
+                return Claim::Busy(record.clone());
+            }
+            record.status = OrderStatus::Processing;
+            record.attempts += 1;
+            record.worker = Some(request.worker.clone());
+            record.lease_expires_at = Some(expiry(now, request.lease));
+            touch(record, now, retention);
+            Claim::Won { token: record.attempts, record: record.clone() }
+        })
+    }
+
+    async fn record_charge(
+        &self,
+        order_id: Uuid,
+        payment: &PaymentRecord,
+    ) -> Result<ChargeRecord, LedgerError> {
+        let retention = self.retention;
+        self.with_record(order_id, |slot, now| {
+            let Some(record) = slot else {
+                return Err(LedgerError::Rejected(format!("no record of order {order_id} to charge")));
+            };
+            if let Some(first) = record.payment() {
+                return Ok(ChargeRecord::AlreadyRecorded(first));
+            }
+            record.payment_outcome = Some(payment.outcome);
+            record.payment_reference = Some(payment.reference.clone());
+            if payment.outcome == PaymentOutcome::Approved {
+                record.charges += 1;
+            }
+            touch(record, now, retention);
+            Ok(ChargeRecord::Recorded(record.clone()))
+        })?
+    }
+
+    async fn settle(
+        &self,
+        order_id: Uuid,
+        token: u32,
+        worker: &str,
+        settlement: &Settlement,
+    ) -> Result<Settle, LedgerError> {
+        let retention = self.retention;
+        self.with_record(order_id, |slot, now| match slot {
+            Some(record) if record.status == OrderStatus::Processing && record.attempts == token => {
+                record.status = settlement.status();
+                record.worker = Some(worker.to_owned());
+                record.lease_expires_at = None;
+                if let Settlement::Failed(reason) = settlement {
+                    record.last_error = Some(reason.clone());
+                }
+                touch(record, now, retention);
+                Settle::Settled(record.clone())
+            }
+            other => Settle::Fenced(other.clone()),
+        })
+    }
+
+    async fn release(&self, order_id: Uuid, token: u32, reason: &str) -> Result<bool, LedgerError> {
+        let retention = self.retention;
+        self.with_record(order_id, |slot, now| match slot {
+            Some(record) if record.status == OrderStatus::Processing && record.attempts == token => {
+                record.lease_expires_at = Some(now);
+                record.last_error = Some(reason.to_owned());
+                touch(record, now, retention);
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn abandon(&self, order_id: Uuid, reason: &str) -> Result<bool, LedgerError> {
+        let retention = self.retention;
+        self.with_record(order_id, |slot, now| match slot {
+            Some(record) if record.status == OrderStatus::Pending => {
+                record.status = OrderStatus::Failed;
+                record.last_error = Some(reason.to_owned());
+                touch(record, now, retention);
+                true
+            }
+            _ => false,
+        })
+    }
+}
+
+fn touch(record: &mut OrderRecord, now: DateTime<Utc>, retention: Duration) {
+    record.updated_at = now;
+    record.expires_at = expiry(now, retention);
+}
