@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use orders::{OrderStatus, PaymentOutcome};
 use uuid::Uuid;
 
+use crate::idempotency::{IdempotencyKeys, KeyBegin, KeyRequest, StoredResponse};
 use crate::{
     ChargeRecord, Claim, ClaimRequest, DEFAULT_RETENTION, Ledger, LedgerError, NewOrder, OrderRecord,
     PaymentRecord, Settle, Settlement, expiry,
@@ -32,6 +33,30 @@ pub struct EmbeddedLedger {
     retention: Duration,
     clock: Clock,
     failure: Mutex<Option<LedgerError>>,
+    keys: Mutex<Keys>,
+}
+
+/// Idempotency key records, swept of expired ones like a shard.
+#[derive(Debug, Default)]
+struct Keys {
+    records: HashMap<String, KeyRecord>,
+    sweep_at: usize,
+}
+
+/// One idempotency key's record.
+#[derive(Debug, Clone)]
+struct KeyRecord {
+    fingerprint: String,
+    order_id: Uuid,
+    state: KeyState,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+enum KeyState {
+    Locked { until: DateTime<Utc> },
+    Unlocked,
+    Done(StoredResponse),
 }
 
 /// One lock's worth of records.
@@ -75,6 +100,7 @@ impl EmbeddedLedger {
             retention,
             clock: Clock { wall: Utc::now(), origin: tokio::time::Instant::now() },
             failure: Mutex::new(None),
+            keys: Mutex::new(Keys { sweep_at: FIRST_SWEEP, ..Keys::default() }),
         }
     }
 
@@ -263,4 +289,76 @@ impl Ledger for EmbeddedLedger {
 fn touch(record: &mut OrderRecord, now: DateTime<Utc>, retention: Duration) {
     record.updated_at = now;
     record.expires_at = expiry(now, retention);
+}
+
+#[async_trait]
+impl IdempotencyKeys for EmbeddedLedger {
+    async fn begin(&self, request: &KeyRequest) -> Result<KeyBegin, LedgerError> {
+        self.check_failure()?;
+        let now = self.now();
+        let mut keys = lock(&self.keys);
+        let lock_until = expiry(now, request.lock);
+        let live = keys.records.get_mut(&request.key).filter(|record| record.expires_at > now);
+        let answer = match live {
+            None => {
+                let record = KeyRecord {
+                    fingerprint: request.fingerprint.clone(),
+                    order_id: request.order_id,
+                    state: KeyState::Locked { until: lock_until },
+                    expires_at: expiry(lock_until, request.retention),
+                };
+                keys.records.insert(request.key.clone(), record);
+                KeyBegin::Proceed { order_id: request.order_id, resumed: false }
+            }
+            Some(record) if record.fingerprint != request.fingerprint => KeyBegin::Mismatch,
+            Some(record) => match &record.state {
+                KeyState::Done(response) => KeyBegin::Replay(response.clone()),
+                KeyState::Locked { until } if *until > now => KeyBegin::InFlight,
+                KeyState::Locked { .. } | KeyState::Unlocked => {
+                    record.state = KeyState::Locked { until: lock_until };
+                    record.expires_at = expiry(lock_until, request.retention);
+                    KeyBegin::Proceed { order_id: record.order_id, resumed: true }
+                }
+            },
+        };
+        if keys.records.len() >= keys.sweep_at {
+            keys.records.retain(|_, record| record.expires_at > now);
+            keys.sweep_at = (keys.records.len() * 2).max(FIRST_SWEEP);
+        }
+        Ok(answer)
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        response: &StoredResponse,
+        retention: Duration,
+    ) -> Result<(), LedgerError> {
+        self.check_failure()?;
+        let now = self.now();
+        if let Some(record) = lock(&self.keys).records.get_mut(key) {
+            record.state = KeyState::Done(response.clone());
+            record.expires_at = expiry(now, retention);
+        }
+        Ok(())
+    }
+
+    async fn unlock(&self, key: &str) -> Result<(), LedgerError> {
+        self.check_failure()?;
+        if let Some(record) = lock(&self.keys).records.get_mut(key)
+            && matches!(record.state, KeyState::Locked { .. })
+        {
+            record.state = KeyState::Unlocked;
+        }
+        Ok(())
+    }
+
+    async fn forget(&self, key: &str) -> Result<(), LedgerError> {
+        self.check_failure()?;
+        let mut keys = lock(&self.keys);
+        if keys.records.get(key).is_some_and(|record| matches!(record.state, KeyState::Locked { .. })) {
+            keys.records.remove(key);
+        }
+        Ok(())
+    }
 }

@@ -39,6 +39,7 @@ use uuid::Uuid;
 pub mod dynamodb;
 pub mod embedded;
 mod gateway;
+pub mod idempotency;
 
 pub use gateway::{ChargeError, Charged, IdempotentGateway};
 
