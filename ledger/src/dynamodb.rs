@@ -5,18 +5,19 @@
 //! answer, not an error: `ReturnValuesOnConditionCheckFailure=ALL_OLD` hands back the item as it was, so the
 //! caller learns why without a second read.
 //!
-//! Item attributes (the API's field names): `order_id` S (hash key), `customer_id` N, `total` S (`"100.28"`),
-//! `item_count` N, `status` S, `accepted_at` S and `updated_at` S (RFC 3339), `attempts` N, `charges` N,
-//! `payment_outcome` S, `payment_reference` S, `last_error` S, `worker` S, `lease_expires_at` N (epoch
-//! milliseconds, compared in conditions) and `expires_at` N (epoch seconds, the table's TTL attribute). Absent
-//! optional fields are absent attributes.
+//! Item attributes (the API's field names): `order_id` S (hash key), `customer_id` N, `total` S
+//! (`"100.28"`), `item_count` N, `status` S, `accepted_at` S and `updated_at` S (RFC 3339), `attempts` N,
+//! `charges` N, `payment_outcome` S, `payment_reference` S, `last_error` S, `worker` S, `lease_expires_at` N
+//! (epoch milliseconds, compared in conditions) and `expires_at` N (epoch seconds, the table's TTL
+//! attribute). Absent optional fields are absent attributes.
 //!
 //! Expiry: DynamoDB deletes an item "typically within a few days" after its `expires_at`, so this adapter
-//! treats an item past it as absent itself, like the embedded adapter: `get` answers `None`; `create` replaces
-//! it; `record_charge`, `settle`, `release` and `abandon` find no record. `claim` is the one call that may take two
-//! requests: its update cannot reset an old record's fields, so when its condition fails on an expired item it
-//! replaces that item with a fresh claimed record (a PutItem conditional on the item being absent or expired
-//! still). That happens only for an order last written more than the retention ago (7 days by default).
+//! treats an item past it as absent itself, like the embedded adapter: `get` answers `None`; `create`
+//! replaces it; `record_charge`, `settle`, `release` and `abandon` find no record. `claim` is the one call
+//! that may take two requests: its update cannot reset an old record's fields, so when its condition fails on
+//! an expired item it replaces that item with a fresh claimed record (a PutItem conditional on the item being
+//! absent or expired still). That happens only for an order last written more than the retention ago (7 days
+//! by default).
 //!
 //! Timestamps in conditions and expiry have DynamoDB's number granularity: leases in milliseconds, expiry in
 //! whole seconds (an item is expired once `expires_at <= now` in epoch seconds).
@@ -113,6 +114,17 @@ impl DynamoLedger {
     /// `return_new`), `Ok(Err(item))` when the condition failed (the item as it was, `None` if absent).
     async fn update(&self, order_id: Uuid, write: Write, return_new: bool) -> Result<Written, LedgerError> {
         let call = self.call("dynamodb:UpdateItem");
+        // DynamoDB refuses a value no expression uses (emulators may not): catch it in every test run.
+        debug_assert!(
+            write
+                .values
+                .keys()
+                .all(|k| write.update.contains(k.as_str()) || write.condition.contains(k.as_str())),
+            "unused expression value in {:?} / {:?}: {:?}",
+            write.update,
+            write.condition,
+            write.values.keys()
+        );
         let result = self
             .client
             .update_item()
@@ -176,7 +188,7 @@ impl DynamoLedger {
     /// replaces it (as the embedded adapter would create one), unless a live item took its place meanwhile.
     async fn claim_expired(&self, request: &ClaimRequest, now: DateTime<Utc>) -> Result<Claim, LedgerError> {
         let order_id = request.order.order_id;
-        tracing::warn!(%order_id, table = %self.table, "claim found an expired item; replacing it with a new record");
+        tracing::warn!(%order_id, table = %self.table, "claim found an expired item; replacing it");
         let mut record = OrderRecord::pending(&request.order, now, self.retention);
         record.status = OrderStatus::Processing;
         record.attempts = 1;
@@ -256,8 +268,10 @@ impl Ledger for DynamoLedger {
             // The record is created from the message if the receiver's write is missing.
             update: "SET #status = :processing, #worker = :worker, #lease_expires_at = :lease_ms, \
                      #updated_at = :now, #expires_at = :expires_s, \
-                     #attempts = if_not_exists(#attempts, :zero) + :one, #charges = if_not_exists(#charges, :zero), \
-                     #customer_id = if_not_exists(#customer_id, :customer_id), #total = if_not_exists(#total, :total), \
+                     #attempts = if_not_exists(#attempts, :zero) + :one, \
+                     #charges = if_not_exists(#charges, :zero), \
+                     #customer_id = if_not_exists(#customer_id, :customer_id), \
+                     #total = if_not_exists(#total, :total), \
                      #item_count = if_not_exists(#item_count, :item_count), \
                      #accepted_at = if_not_exists(#accepted_at, :accepted_at)"
                 .into(),
@@ -375,7 +389,8 @@ impl Ledger for DynamoLedger {
             Err(item) => {
                 let record =
                     item.as_ref().map(from_item).transpose()?.filter(|record| !is_expired(record, now));
-                tracing::debug!(%order_id, token, current = ?record.as_ref().map(|r| (r.status, r.attempts)), "settle: fenced");
+                let current = record.as_ref().map(|r| (r.status, r.attempts));
+                tracing::debug!(%order_id, token, ?current, "settle: fenced");
                 Ok(Settle::Fenced(record))
             }
         }
@@ -789,8 +804,8 @@ fn classify(code: &str, message: &str, http_status: u16, call: Call<'_>) -> Ledg
             format!("the caller's IAM policy must allow {} on table {}", call.action, call.table)
         } else if short == "ResourceNotFoundException" {
             format!(
-                "table {} does not exist for this account, region and endpoint; check ORDERS_TABLE, AWS_REGION \
-                 and AWS_ENDPOINT_URL (for an emulator, create it with `loadtest infra up`)",
+                "table {} does not exist for this account, region and endpoint; check ORDERS_TABLE, \
+                 AWS_REGION and AWS_ENDPOINT_URL (for an emulator, create it with `loadtest infra up`)",
                 call.table
             )
         } else {

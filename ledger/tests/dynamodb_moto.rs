@@ -1,4 +1,5 @@
-//! The DynamoDB adapter against moto server, a real third-party DynamoDB implementation, through the real SDK.
+//! The DynamoDB adapter against moto server (a real third-party DynamoDB implementation) through the real
+//! SDK.
 //!
 //! Run with `scripts/test.sh` (it starts moto and sets `MOTO_ENDPOINT`). Tests run in parallel against one
 //! moto, so each creates its own uniquely named table. Every rule is tested one request at a time: moto does

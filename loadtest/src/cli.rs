@@ -270,7 +270,8 @@ pub struct InfraArgs {
 /// `infra up` / `infra down`.
 #[derive(Debug, Subcommand)]
 pub enum InfraAction {
-    /// Create (or find) the topic, queue, DLQ, policies and subscription; print the env lines to copy.
+    /// Create (or find) the topic, queue, DLQ, policies, subscription and ledger table; print the env lines to
+    /// copy.
     Up(InfraTarget),
     /// Delete them.
     Down(InfraTarget),
@@ -279,10 +280,11 @@ pub enum InfraAction {
 /// The emulator and the names.
 #[derive(Debug, Args)]
 pub struct InfraTarget {
-    /// SNS/SQS endpoint of the emulator (e.g. http://127.0.0.1:5000 for moto).
+    /// SNS/SQS/DynamoDB endpoint of the emulator (e.g. http://127.0.0.1:5000 for moto).
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub endpoint: String,
-    /// Name prefix, like Terraform's var.name: topic and queue `{name}-orders`, DLQ `{name}-orders-dlq`.
+    /// Name prefix, like Terraform's var.name: topic, queue and ledger table `{name}-orders`, DLQ
+    /// `{name}-orders-dlq`.
     #[arg(long, env = "INFRA_NAME", default_value = "orderflow")]
     pub name: String,
     /// Receives before SQS moves a message to the DLQ.
@@ -579,12 +581,19 @@ async fn infra(args: InfraArgs) -> anyhow::Result<()> {
         visibility_timeout: target.visibility_timeout,
         ..bus::aws::provision::ProvisionSpec::named(&target.name)
     };
+    // The ledger's table, named like Terraform's (`{name}-orders`).
+    let table = format!("{}-orders", target.name);
     if up {
         let created = bus::aws::provision::provision(&sdk, &spec).await.context("provisioning")?;
+        ledger::dynamodb::create_table(&sdk, &table).await.context("creating the ledger table")?;
         print!("{}", created.env_lines());
+        println!("ORDERS_TABLE={table}");
     } else {
         for deleted in bus::aws::provision::teardown(&sdk, &spec).await.context("tearing down")? {
             println!("deleted {deleted}");
+        }
+        if ledger::dynamodb::delete_table(&sdk, &table).await.context("deleting the ledger table")? {
+            println!("deleted {table}");
         }
     }
     Ok(())
