@@ -42,6 +42,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use orders::{Money, OrderStatus, PaymentOutcome};
 use uuid::Uuid;
 
+mod keys;
+
 use crate::{
     ChargeRecord, Claim, ClaimRequest, Ledger, LedgerError, NewOrder, OrderRecord, PaymentRecord, Settle,
     Settlement, expiry, outcome_name, parse_outcome, parse_status, status_name,
@@ -112,7 +114,12 @@ impl DynamoLedger {
 
     /// One conditional UpdateItem of an order's item. `Ok(Ok(item))` when it was written (the new item if
     /// `return_new`), `Ok(Err(item))` when the condition failed (the item as it was, `None` if absent).
-    async fn update(&self, order_id: Uuid, write: Write, return_new: bool) -> Result<Written, LedgerError> {
+    async fn update(
+        &self,
+        item_key: AttributeValue,
+        write: Write,
+        return_new: bool,
+    ) -> Result<Written, LedgerError> {
         let call = self.call("dynamodb:UpdateItem");
         // DynamoDB refuses a value no expression uses (emulators may not): catch it in every test run.
         debug_assert!(
@@ -129,7 +136,7 @@ impl DynamoLedger {
             .client
             .update_item()
             .table_name(&self.table)
-            .key(ORDER_ID, key(order_id))
+            .key(ORDER_ID, item_key)
             .update_expression(&write.update)
             .condition_expression(&write.condition)
             .set_expression_attribute_names(Some(attribute_names(&[&write.update, &write.condition])))
@@ -282,7 +289,7 @@ impl Ledger for DynamoLedger {
                 .into(),
             values,
         };
-        match self.update(order.order_id, write, true).await? {
+        match self.update(key(order.order_id), write, true).await? {
             Ok(Some(item)) => {
                 let record = from_item(&item)?;
                 Ok(Claim::Won { token: record.attempts, record })
@@ -333,7 +340,7 @@ impl Ledger for DynamoLedger {
                 .into(),
             values,
         };
-        match self.update(order_id, write, true).await? {
+        match self.update(key(order_id), write, true).await? {
             Ok(Some(item)) => Ok(ChargeRecord::Recorded(from_item(&item)?)),
             Ok(None) => Err(LedgerError::Corrupt(format!("charge record of {order_id} returned no item"))),
             Err(item) => {
@@ -383,7 +390,7 @@ impl Ledger for DynamoLedger {
             condition: "#status = :processing AND #attempts = :token AND #expires_at > :now_s".into(),
             values,
         };
-        match self.update(order_id, write, true).await? {
+        match self.update(key(order_id), write, true).await? {
             Ok(Some(item)) => Ok(Settle::Settled(from_item(&item)?)),
             Ok(None) => Err(LedgerError::Corrupt(format!("settle of {order_id} returned no item"))),
             Err(item) => {
@@ -413,7 +420,7 @@ impl Ledger for DynamoLedger {
             condition: "#status = :processing AND #attempts = :token AND #expires_at > :now_s".into(),
             values,
         };
-        let released = self.update(order_id, write, false).await?.is_ok();
+        let released = self.update(key(order_id), write, false).await?.is_ok();
         if !released {
             tracing::debug!(%order_id, token, "release: fenced");
         }
@@ -435,7 +442,7 @@ impl Ledger for DynamoLedger {
             condition: "#status = :pending AND #expires_at > :now_s".into(),
             values,
         };
-        Ok(self.update(order_id, write, false).await?.is_ok())
+        Ok(self.update(key(order_id), write, false).await?.is_ok())
     }
 }
 

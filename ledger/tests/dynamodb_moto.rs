@@ -496,3 +496,59 @@ async fn answers_and_records_match_the_embedded_adapter() {
     let final_b = get(&dynamo, orders[1].order_id).await;
     assert_eq!((final_b.status, final_b.last_error.as_deref()), (OrderStatus::Failed, Some("gateway down")));
 }
+
+mod idempotency_keys {
+    use ledger::idempotency::{IdempotencyKeys, KeyBegin, KeyRequest, StoredResponse};
+
+    use super::*;
+
+    fn request(key: &str, fingerprint: &str, lock: Duration) -> KeyRequest {
+        KeyRequest {
+            key: key.into(),
+            fingerprint: fingerprint.into(),
+            order_id: Uuid::now_v7(),
+            lock,
+            retention: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+
+    #[tokio::test]
+    #[ignore = "needs moto: set MOTO_ENDPOINT (scripts/test.sh starts it)"]
+    async fn a_key_is_taken_once_then_replayed() {
+        let (_, keys) = ledger("key-replay").await;
+        let first = request("async:k1", "f", LONG_LEASE);
+        assert_eq!(
+            keys.begin(&first).await.unwrap(),
+            KeyBegin::Proceed { order_id: first.order_id, resumed: false }
+        );
+        assert_eq!(keys.begin(&request("async:k1", "f", LONG_LEASE)).await.unwrap(), KeyBegin::InFlight);
+        assert_eq!(keys.begin(&request("async:k1", "g", LONG_LEASE)).await.unwrap(), KeyBegin::Mismatch);
+        let answer = StoredResponse { status: 202, body: r#"{"order_id":"x"}"#.into() };
+        keys.complete("async:k1", &answer, Duration::from_secs(3600)).await.unwrap();
+        assert_eq!(
+            keys.begin(&request("async:k1", "f", LONG_LEASE)).await.unwrap(),
+            KeyBegin::Replay(answer)
+        );
+        assert_eq!(keys.begin(&request("async:k1", "g", LONG_LEASE)).await.unwrap(), KeyBegin::Mismatch);
+    }
+
+    #[tokio::test]
+    #[ignore = "needs moto: set MOTO_ENDPOINT (scripts/test.sh starts it)"]
+    async fn an_unlocked_or_lapsed_key_resumes_with_its_order_id_and_a_forgotten_one_starts_afresh() {
+        let (_, keys) = ledger("key-resume").await;
+        let first = request("async:k2", "f", LONG_LEASE);
+        keys.begin(&first).await.unwrap();
+        keys.unlock("async:k2").await.unwrap();
+        let resumed = keys.begin(&request("async:k2", "f", Duration::from_millis(1))).await.unwrap();
+        assert_eq!(resumed, KeyBegin::Proceed { order_id: first.order_id, resumed: true });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let lapsed = keys.begin(&request("async:k2", "f", LONG_LEASE)).await.unwrap();
+        assert_eq!(lapsed, KeyBegin::Proceed { order_id: first.order_id, resumed: true }, "the lock lapsed");
+        keys.forget("async:k2").await.unwrap();
+        let fresh = request("async:k2", "other", LONG_LEASE);
+        assert_eq!(
+            keys.begin(&fresh).await.unwrap(),
+            KeyBegin::Proceed { order_id: fresh.order_id, resumed: false }
+        );
+    }
+}
