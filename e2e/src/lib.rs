@@ -1,16 +1,20 @@
 //! Harness for the end-to-end tests: the real `receiver` and `worker` binaries run as separate OS processes
-//! against moto server (SNS/SQS), with their AWS traffic going through a proxy that counts requests.
+//! against moto server (SNS, SQS and the DynamoDB order ledger), with their AWS traffic going through a proxy
+//! that counts requests.
 //!
 //! - [`Service`] starts a binary and kills it when dropped (even when a test panics), or on demand with
 //!   SIGKILL ([`Service::kill_hard`]) to simulate a crash.
-//! - [`CountingProxy`] forwards HTTP to moto and counts requests per AWS operation, so a test can state how many
-//!   API calls (SQS bills per request, SNS per publish) each order cost.
+//! - [`CountingProxy`] forwards HTTP to moto and counts requests per AWS service and operation, so a test can
+//!   state how many API calls each order cost: SQS bills per request, SNS per publish, DynamoDB per request
+//!   unit (one per single-item request of a small item).
+//! - [`cost`] turns those counts into requests per order by service and dollars per million orders.
 //!
 //! The binaries are taken from `ORDERFLOW_BIN_DIR`, or else from the target directory the test itself was
 //! built into (`target/debug` normally); `scripts/test.sh` builds them before running the tests.
 
 use std::path::PathBuf;
 
+pub mod cost;
 mod process;
 mod proxy;
 

@@ -96,7 +96,8 @@ pub struct WorkerConfig {
     /// 25 s fits inside ECS's 30 s stop timeout.
     pub shutdown_deadline: Duration,
     /// This worker's name in the order ledger (the owner of its claims, the settler of its orders), so an
-    /// operator can tell which process handled an order. Unique per process by default.
+    /// operator can tell which process handled an order. It must be unique per process (the default is): a
+    /// worker takes a claim carrying its own name as its own.
     pub worker_id: String,
 }
 
@@ -137,8 +138,8 @@ impl WorkerConfig {
         }
     }
 
-    /// How long a claim on an order holds in the ledger: the visibility timeout, so an order whose worker died
-    /// is claimable again by the time the queue redelivers its message.
+    /// How long a claim on an order holds in the ledger, counted from the message's receipt: the visibility
+    /// timeout, so an order whose worker died is claimable again by the time the queue redelivers it.
     pub fn claim_lease(&self) -> Duration {
         self.visibility_timeout
     }

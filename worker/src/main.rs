@@ -46,7 +46,7 @@ struct Args {
     #[arg(long, env = "LEDGER_RETENTION", default_value_t = humantime::Duration::from(ledger::DEFAULT_RETENTION))]
     ledger_retention: humantime::Duration,
 
-    /// This worker's name in the ledger (owner of its claims); a random `worker-xxxxxxxx` by default.
+    /// This worker's name in the ledger (owner of its claims), unique per process; random by default.
     #[arg(long, env = "WORKER_ID")]
     worker_id: Option<String>,
 

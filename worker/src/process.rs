@@ -95,7 +95,8 @@ impl Processor {
         let request = ClaimRequest {
             order: NewOrder::of(&wire.order, wire.accepted_at),
             worker: self.config().worker_id.clone(),
-            lease: self.config().claim_lease(),
+            // The lease lapses with this delivery's visibility, so the message's next delivery can claim.
+            lease: self.config().claim_lease().saturating_sub(received_at.elapsed()),
         };
         let (token, recorded) = match self.shared.ledger.claim(&request).await {
             Ok(LedgerClaim::Won { token, record }) => (token, record.payment()),
@@ -104,6 +105,12 @@ impl Processor {
                 stats.duplicates.add(1);
                 tracing::info!(%order_id, status = ?record.status, "order already settled; deleted without charging");
                 return self.deleter.submit(message.receipt_handle);
+            }
+            // Our own claim: a claim whose answer was lost (a timeout after DynamoDB applied it) and was
+            // retried. Only this process carries its worker id, and its dedupe window says no other slot here
+            // holds the order.
+            Ok(LedgerClaim::Busy(record)) if record.worker.as_deref() == Some(request.worker.as_str()) => {
+                (record.attempts, record.payment())
             }
             Ok(LedgerClaim::Busy(record)) => {
                 stats.claimed_elsewhere.add(1);

@@ -176,3 +176,78 @@ async fn a_ledger_outage_charges_nothing_and_loses_nothing() {
     assert_eq!(stack.dead_letter.stats_now().backlog(), 0);
     worker.shutdown().await;
 }
+
+/// The embedded ledger, except that the answer to the next claim is lost after the claim was written (a
+/// timeout after DynamoDB applied the write).
+struct LostClaimAnswer {
+    inner: EmbeddedLedger,
+    lose_next: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Ledger for LostClaimAnswer {
+    async fn create(&self, order: &ledger::NewOrder) -> Result<bool, LedgerError> {
+        self.inner.create(order).await
+    }
+    async fn get(&self, order_id: Uuid) -> Result<Option<OrderRecord>, LedgerError> {
+        self.inner.get(order_id).await
+    }
+    async fn claim(&self, request: &ledger::ClaimRequest) -> Result<ledger::Claim, LedgerError> {
+        let answer = self.inner.claim(request).await;
+        if self.lose_next.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return Err(LedgerError::Unavailable("timed out after the write".into()));
+        }
+        answer
+    }
+    async fn record_charge(
+        &self,
+        order_id: Uuid,
+        payment: &ledger::PaymentRecord,
+    ) -> Result<ledger::ChargeRecord, LedgerError> {
+        self.inner.record_charge(order_id, payment).await
+    }
+    async fn settle(
+        &self,
+        order_id: Uuid,
+        token: u32,
+        worker: &str,
+        settlement: &ledger::Settlement,
+    ) -> Result<ledger::Settle, LedgerError> {
+        self.inner.settle(order_id, token, worker, settlement).await
+    }
+    async fn release(&self, order_id: Uuid, token: u32, reason: &str) -> Result<bool, LedgerError> {
+        self.inner.release(order_id, token, reason).await
+    }
+    async fn abandon(&self, order_id: Uuid, reason: &str) -> Result<bool, LedgerError> {
+        self.inner.abandon(order_id, reason).await
+    }
+}
+
+// A claim whose answer was lost is the worker's own on the next delivery: it does not wait out its own lease.
+#[tokio::test(start_paused = true)]
+async fn a_claim_whose_answer_was_lost_is_taken_up_by_its_worker() {
+    let stack = stack(VISIBILITY, 5);
+    let ledger = Arc::new(LostClaimAnswer {
+        inner: EmbeddedLedger::default(),
+        lose_next: std::sync::atomic::AtomicBool::new(true),
+    });
+    let (order_id, body) = order_body();
+    stack.queue.send(OutgoingMessage::new(body)).unwrap();
+    let started = tokio::time::Instant::now();
+    let worker = Running::start_with_ledger(
+        config(1, SECOND, VISIBILITY),
+        Arc::new(stack.queue.clone()),
+        ledger.clone(),
+    );
+    wait_for("the order to settle", secs(120), || worker.handle.settled() == 1).await;
+    let stats = worker.handle.stats();
+    assert_eq!((stats.ledger_errors, stats.claimed_elsewhere), (1, 0), "{stats:?}");
+    assert!(
+        started.elapsed() < VISIBILITY,
+        "settled after the retry backoff, not the lease: {:?}",
+        started.elapsed()
+    );
+    worker.shutdown().await;
+    let settled = ledger.inner.get(order_id).await.unwrap().unwrap();
+    assert_eq!((settled.status, settled.charges, settled.attempts), (OrderStatus::Completed, 1, 1));
+}
