@@ -2,12 +2,14 @@
 # Checks the AWS deployment (terraform/, Dockerfile) without an AWS account or internet access:
 #
 #    1. terraform fmt -check                  7. terraform apply on moto (autoscaling off)
-#    2. terraform init (offline mirror)       8. boto3 smoke test of the applied stack
-#    3. terraform validate                    9. plan + assertions: autoscaling, DLQ redrive-allow
-#    4. checkov (terraform/ + Dockerfile)    10. plan + assertions: egress_mode=endpoints, HTTPS
-#    5. hadolint on the Dockerfile           11. the real binaries, run with their task definitions' env
-#    6. cargo build --release --locked -p receiver -p worker (the Dockerfile's command; runs in the
-#       background from step 7 on)          12. terraform destroy
+#    2. terraform init (offline mirror)       8. boto3 smoke test of the applied stack (with the
+#    3. terraform validate                       order ledger's DynamoDB table)
+#    4. checkov (terraform/ + Dockerfile)     9. plan + assertions: autoscaling, DLQ redrive-allow
+#    5. hadolint on the Dockerfile           10. plan + assertions: egress_mode=endpoints, HTTPS
+#    6. cargo build --release --locked       11. plan + assertions: the ledger table, its IAM, ORDERS_TABLE
+#       -p receiver -p worker (the           12. the real binaries, run with their task definitions' env
+#       Dockerfile's command; runs in the    13. terraform destroy
+#       background from step 7 on)
 #
 # Installs its tools into .venv-checkov and .venv-deploy at the repository root (ignored by git).
 # Needs: terraform >= 1.2, python3 >= 3.9, cargo, and the hashicorp/aws provider in a local
@@ -170,7 +172,7 @@ write_moto_override() {
         echo '  skip_requesting_account_id  = true'
         echo '  skip_metadata_api_check     = true'
         echo '  endpoints {'
-        for service in applicationautoscaling cloudwatch ec2 ecr ecs elbv2 iam kms logs sns sqs sts; do
+        for service in applicationautoscaling cloudwatch dynamodb ec2 ecr ecs elbv2 iam kms logs sns sqs sts; do
             echo "    $service = \"$MOTO_ENDPOINT\""
         done
         echo '  }'
@@ -262,10 +264,10 @@ fi
 
 if $APPLIED; then
     terraform -chdir="$MOTO_DIR" output -json >"$WORK/outputs.json"
-    step "moto: boto3 publish -> queue, DLQ redrive, settings" \
+    step "moto: boto3 publish -> queue, DLQ redrive, ledger, settings" \
         .venv-deploy/bin/python scripts/deploy-checks.py smoke "$WORK/outputs.json" "$MOTO_ENDPOINT" "$MOTO_MAX_RECEIVE_COUNT"
 else
-    skip "moto: boto3 publish -> queue, DLQ redrive, settings" "apply failed"
+    skip "moto: boto3 publish -> queue, DLQ redrive, ledger, settings" "apply failed"
 fi
 
 # The plans only read the applied stack, so they run while cargo may still be building.
@@ -277,9 +279,14 @@ if $APPLIED; then
     step "plan: egress_mode=endpoints + certificate (HTTPS)" \
         plan_and_check "$MOTO_DIR" variants plan-variants -refresh=false "${MOTO_VARS[@]}" -var egress_mode=endpoints \
         -var certificate_arn=arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000
+    # Other ledger variables than the applied ones, to see them reach the table and the tasks.
+    step "plan: ledger table, DynamoDB IAM, ORDERS_TABLE in tasks" \
+        plan_and_check "$MOTO_DIR" ledger plan-ledger -refresh=false "${MOTO_VARS[@]}" \
+        -var ledger_deletion_protection=true -var ledger_retention_days=30
 else
     skip "plan: autoscaling + redrive-allow on the applied stack" "apply failed"
     skip "plan: egress_mode=endpoints + certificate (HTTPS)" "apply failed"
+    skip "plan: ledger table, DynamoDB IAM, ORDERS_TABLE in tasks" "apply failed"
 fi
 
 CARGO_STATUS=0

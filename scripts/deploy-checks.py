@@ -4,7 +4,8 @@
   smoke OUTPUTS_JSON ENDPOINT MAX_RECEIVE_COUNT
       Talks to the stack terraform applied on moto with boto3 (a real AWS SDK): publishes to the
       created topic and receives from the created queue, drives a poison message into the DLQ,
-      and compares queue/topic/subscription/ECS/ALB/IAM/alarm settings with what the services need.
+      and compares queue/topic/subscription/ledger table/ECS/ALB/IAM/alarm settings with what the
+      services need.
   binaries OUTPUTS_JSON ENDPOINT RECEIVER_BINARY WORKER_BINARY
       Runs the real receiver and worker with the environment of their ECS task definitions (read back
       from moto), checks them with their container health check (--check-health), sends one order
@@ -14,19 +15,36 @@
       exactly those resources are created, with the right metric math, and nothing drifts except
       attributes moto does not round-trip.
   plan-variants PLAN_JSON
-      The plan with egress_mode=endpoints and a certificate: VPC endpoints replace the NAT gateway,
-      an HTTPS listener appears and port 80 redirects to it.
+      The plan with egress_mode=endpoints and a certificate: VPC endpoints (DynamoDB's gateway
+      among them) replace the NAT gateway, an HTTPS listener appears and port 80 redirects to it.
+  plan-ledger PLAN_JSON
+      A plan on the applied stack with other ledger variables: the order ledger table as it must be
+      (on-demand, order_id string hash key, TTL on expires_at, SSE with the stack key, point-in-time
+      recovery), IAM policies that grant no Scan/Query/wildcard DynamoDB action on anything but the
+      table, ORDERS_TABLE and LEDGER_RETENTION in both task definitions, and the table changed in
+      place only.
 
 Each assertion prints "ok" or "FAIL"; the exit status is 1 if any failed.
 """
 
+import fnmatch
 import json
 import sys
 import time
+import uuid
 
 QUEUE_RETENTION = 4 * 24 * 3600  # the issue: 4 days
 DLQ_RETENTION = 14 * 24 * 3600  # the issue: 14 days
 RECEIVE_WAIT = 20  # the issue: long polling, 20 s
+LEDGER_RETENTION_DAYS = 15  # variables.tf default of ledger_retention_days
+
+# The order ledger: what each task role may do on the table, and nothing else. Every access is by
+# order_id, so Scan and Query (and any wildcard that covers them) must never be granted.
+LEDGER_ACTIONS = {
+    "receiver": {"dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem"},
+    "worker": {"dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem"},
+}
+FORBIDDEN_DYNAMODB_ACTIONS = ("dynamodb:Scan", "dynamodb:Query")
 
 # Attributes moto does not return after create, so the provider sees a difference on every plan.
 # Anything else changing in place is real drift and fails the check.
@@ -59,17 +77,76 @@ class Checks:
         sys.exit(1 if self.failed else 0)
 
 
+# --- IAM policy statements: DynamoDB least privilege (used on moto's roles and on plans) ---------
+
+
+def as_list(value):
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def dynamodb_actions(statements):
+    """Every DynamoDB action (or wildcard that covers DynamoDB) these statements allow."""
+    return {
+        action
+        for s in statements
+        if s.get("Effect") == "Allow"
+        for action in as_list(s.get("Action"))
+        if action == "*" or action.lower().startswith("dynamodb:")
+    }
+
+
+def dynamodb_problems(statements, table_arn):
+    """What is wrong with the DynamoDB grants in these statements: Scan or Query, or a wildcard that
+    covers them or more; NotAction/NotResource; a resource other than exactly the table's ARN
+    (no index ARNs, no table/*, no "*")."""
+    problems = []
+    for s in statements:
+        if s.get("Effect") != "Allow":
+            continue
+        sid = s.get("Sid", "(no Sid)")
+        if "NotAction" in s or "NotResource" in s:
+            problems.append(f"{sid}: NotAction/NotResource")
+            continue
+        actions = [a for a in as_list(s.get("Action")) if a == "*" or a.lower().startswith("dynamodb:")]
+        if not actions:
+            continue
+        for action in actions:
+            if "*" in action or "?" in action:
+                problems.append(f"{sid}: wildcard action {action}")
+            for forbidden in FORBIDDEN_DYNAMODB_ACTIONS:
+                # IAM matches actions case-insensitively, with * and ? wildcards.
+                if fnmatch.fnmatchcase(forbidden.lower(), action.lower()):
+                    problems.append(f"{sid}: {action} allows {forbidden}")
+        resources = as_list(s.get("Resource"))
+        if resources != [table_arn]:
+            problems.append(f"{sid}: DynamoDB resources {resources}, not only the table {table_arn}")
+    return problems
+
+
+def kms_via_dynamodb(statements, key_arn):
+    """The statements that let a role use the stack key, and only through DynamoDB."""
+    return [
+        s
+        for s in statements
+        if s.get("Effect") == "Allow"
+        and any(a.lower().startswith("kms:") for a in as_list(s.get("Action")))
+        and as_list(s.get("Resource")) == [key_arn]
+        and s.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService", "").startswith("dynamodb.")
+    ]
+
+
 # --- smoke: the applied stack on moto ---------------------------------------------------------
 
 
 def smoke(outputs_path, endpoint, max_receive_count):
     import boto3  # ships with moto, installed in the check's venv
+    from botocore.exceptions import ClientError
 
     outputs = {key: value["value"] for key, value in json.load(open(outputs_path)).items()}
     session = boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
-    sns, sqs, ecs, elbv2, iam, cloudwatch = (
+    sns, sqs, ecs, elbv2, iam, cloudwatch, dynamodb = (
         session.client(service, endpoint_url=endpoint)
-        for service in ("sns", "sqs", "ecs", "elbv2", "iam", "cloudwatch")
+        for service in ("sns", "sqs", "ecs", "elbv2", "iam", "cloudwatch", "dynamodb")
     )
     c = Checks()
     topic_arn, queue_url, dlq_url = outputs["orders_topic_arn"], outputs["orders_queue_url"], outputs["orders_dlq_url"]
@@ -144,16 +221,56 @@ def smoke(outputs_path, endpoint, max_receive_count):
         attrs = sns.get_subscription_attributes(SubscriptionArn=subscriptions[0]["SubscriptionArn"])["Attributes"]
         c.equal("subscription raw message delivery", attrs.get("RawMessageDelivery"), "true")
 
-    print("  ecs: services, task definitions and their environment (apis.md names)")
+    print("  dynamodb: the order ledger table")
     cluster = outputs["ecs_cluster_name"]
+    key_arn = topic.get("KmsMasterKeyId", "")  # the stack key (checked above)
+    table_name, table_arn = outputs["orders_table_name"], outputs["orders_table_arn"]
+    table = dynamodb.describe_table(TableName=table_name)["Table"]
+    c.equal("orders_table_arn output is the table's ARN", table.get("TableArn"), table_arn)
+    c.equal("table named <name>-orders", table_name, f"{cluster}-orders")
+    c.equal("on-demand billing (PAY_PER_REQUEST)", table.get("BillingModeSummary", {}).get("BillingMode"), "PAY_PER_REQUEST")
+    c.equal("key schema: order_id HASH, no sort key", table.get("KeySchema"), [{"AttributeName": "order_id", "KeyType": "HASH"}])
+    c.equal("order_id is a string (S)", table.get("AttributeDefinitions"), [{"AttributeName": "order_id", "AttributeType": "S"}])
+    c.equal("no secondary indexes", (table.get("GlobalSecondaryIndexes") or [], table.get("LocalSecondaryIndexes") or []), ([], []))
+    sse = table.get("SSEDescription", {})
+    c.equal("SSE enabled with KMS", (sse.get("Status"), sse.get("SSEType")), ("ENABLED", "KMS"))
+    c.check("SSE with the stack key (the orders topic's)", key_arn and sse.get("KMSMasterKeyArn") == key_arn,
+            f"table {sse.get('KMSMasterKeyArn')!r}, topic {key_arn!r}")
+    ttl = dynamodb.describe_time_to_live(TableName=table_name)["TimeToLiveDescription"]
+    c.equal("TTL enabled on expires_at", (ttl.get("TimeToLiveStatus"), ttl.get("AttributeName")), ("ENABLED", "expires_at"))
+    backups = dynamodb.describe_continuous_backups(TableName=table_name)["ContinuousBackupsDescription"]
+    c.equal("point-in-time recovery enabled",
+            backups.get("PointInTimeRecoveryDescription", {}).get("PointInTimeRecoveryStatus"), "ENABLED")
+    c.equal("deletion protection off (ledger_deletion_protection defaults to false)", table.get("DeletionProtectionEnabled"), False)
+    tags = {t["Key"]: t["Value"] for t in dynamodb.list_tags_of_resource(ResourceArn=table_arn).get("Tags", [])}
+    c.equal("tagged like the rest of the stack", {k: tags.get(k) for k in ("Project", "ManagedBy", "Name")},
+            {"Project": cluster, "ManagedBy": "terraform", "Name": f"{cluster}-orders"})
+    # moto checks no IAM: this shows the table takes the ledger's conditional create, not who may.
+    item = {"order_id": {"S": str(uuid.uuid4())}, "expires_at": {"N": str(int(time.time()) + LEDGER_RETENTION_DAYS * 86400)}}
+    try:
+        dynamodb.put_item(TableName=table_name, Item=item, ConditionExpression="attribute_not_exists(order_id)")
+        try:
+            dynamodb.put_item(TableName=table_name, Item=item, ConditionExpression="attribute_not_exists(order_id)")
+            second = "accepted"
+        except dynamodb.exceptions.ConditionalCheckFailedException:
+            second = "ConditionalCheckFailedException"
+        c.equal("a second conditional create of the same order_id is refused", second, "ConditionalCheckFailedException")
+        read = dynamodb.get_item(TableName=table_name, Key={"order_id": item["order_id"]}, ConsistentRead=True).get("Item")
+        c.equal("the item reads back by order_id", read, item)
+        dynamodb.delete_item(TableName=table_name, Key={"order_id": item["order_id"]})
+    except ClientError as error:
+        c.check("an order item keyed by order_id (S) can be written and read", False, str(error))
+
+    print("  ecs: services, task definitions and their environment (apis.md names)")
     names = outputs["ecs_service_names"]
     services = {
         s["serviceName"]: s
         for s in ecs.describe_services(cluster=cluster, services=list(names.values()))["services"]
     }
     c.equal("both services exist", sorted(services), sorted(names.values()))
+    ledger_env = {"ORDERS_TABLE": table_name, "LEDGER_RETENTION": f"{LEDGER_RETENTION_DAYS}days"}
     expected_env = {
-        "receiver": {"PORT": "8080", "ORDERS_TOPIC_ARN": topic_arn, "LOG_FORMAT": "json", "PAYMENT_LATENCY": "3s"},
+        "receiver": {"PORT": "8080", "ORDERS_TOPIC_ARN": topic_arn, "LOG_FORMAT": "json", "PAYMENT_LATENCY": "3s", **ledger_env},
         "worker": {
             "PORT": "8081",
             "ORDERS_QUEUE_URL": queue_url,
@@ -164,6 +281,7 @@ def smoke(outputs_path, endpoint, max_receive_count):
             "MAX_RECEIVE_COUNT": str(max_receive_count),
             "LOG_FORMAT": "json",
             "PAYMENT_LATENCY": "3s",
+            **ledger_env,
         },
     }
     role_arns = {}
@@ -220,21 +338,33 @@ def smoke(outputs_path, endpoint, max_receive_count):
             document = json.loads(document) if isinstance(document, str) else document
             found += document["Statement"]
         c.equal(f"{role}: no managed policies", iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"], [])
-        return {tuple(sorted([s["Action"]] if isinstance(s["Action"], str) else s["Action"])): s["Resource"] for s in found}
+        return found
 
-    if "receiver" in role_arns:
-        receiver_grants = statements_of(role_arns["receiver"])
-        c.equal("receiver may only sns:Publish to the orders topic", receiver_grants.get(("sns:Publish",)), topic_arn)
-        c.equal("receiver has nothing but publish + the topic's KMS data key", len(receiver_grants), 2)
-    if "worker" in role_arns:
-        worker_grants = statements_of(role_arns["worker"])
+    def resources_for(statements, *actions):
+        """Resources of the statements granting exactly these actions (any order)."""
+        return [s["Resource"] for s in statements if sorted(as_list(s.get("Action"))) == sorted(actions)]
+
+    role_statements = {service: statements_of(arn) for service, arn in role_arns.items()}
+    for service, statements in role_statements.items():
+        c.equal(f"{service}: DynamoDB actions exactly {sorted(LEDGER_ACTIONS[service])}",
+                sorted(dynamodb_actions(statements)), sorted(LEDGER_ACTIONS[service]))
+        c.equal(f"{service}: no Scan/Query/wildcard DynamoDB grant, and only on the table's ARN",
+                dynamodb_problems(statements, table_arn), [])
+        c.equal(f"{service}: the stack key only through DynamoDB, for the ledger",
+                len(kms_via_dynamodb(statements, key_arn)), 1)
+    if "receiver" in role_statements:
+        statements = role_statements["receiver"]
+        c.equal("receiver may only sns:Publish to the orders topic", resources_for(statements, "sns:Publish"), [topic_arn])
+        c.equal("receiver has nothing but publish + the topic's KMS data key + the ledger and its key", len(statements), 4)
+    if "worker" in role_statements:
+        statements = role_statements["worker"]
         c.equal(
             "worker consumes only the orders queue",
-            worker_grants.get(("sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage")),
-            queue["QueueArn"],
+            resources_for(statements, "sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"),
+            [queue["QueueArn"]],
         )
-        c.equal("worker sends only to its DLQ", worker_grants.get(("sqs:GetQueueAttributes", "sqs:SendMessage")), dlq["QueueArn"])
-        c.equal("worker has no other grants", len(worker_grants), 2)
+        c.equal("worker sends only to its DLQ", resources_for(statements, "sqs:GetQueueAttributes", "sqs:SendMessage"), [dlq["QueueArn"]])
+        c.equal("worker has nothing but the queue, the DLQ, the ledger and its key", len(statements), 4)
 
     print("  cloudwatch: alarms")
     alarms = {a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNamePrefix=cluster + "-")["MetricAlarms"]}
@@ -489,6 +619,86 @@ def plan_variants(plan_path):
     redirect = (action.get("redirect") or [{}])[0]
     c.equal("port 80 redirects to HTTPS", (action.get("type"), redirect.get("protocol"), redirect.get("port")), ("redirect", "HTTPS", "443"))
     c.check("ALB security group opens 443", any(a.startswith('aws_vpc_security_group_ingress_rule.alb_from_clients["443-') for a in created))
+    dynamodb_endpoint = changes.get("aws_vpc_endpoint.dynamodb[0]", {}).get("change", {}).get("after", {})
+    c.equal("DynamoDB gateway endpoint for the ledger, on the private route table",
+            (dynamodb_endpoint.get("vpc_endpoint_type"), dynamodb_endpoint.get("service_name"), dynamodb_endpoint.get("route_table_ids")),
+            ("Gateway", f"com.amazonaws.{plan['variables']['aws_region']['value']}.dynamodb",
+             [prior_values(plan, "aws_route_table.private").get("id")]))
+    c.exit()
+
+
+def planned_resources(plan):
+    """{address: values} of every resource in the plan's planned state (root module), changed or not."""
+    return {r["address"]: r.get("values", {}) for r in plan["planned_values"]["root_module"].get("resources", [])}
+
+
+def plan_ledger(plan_path):
+    plan = json.load(open(plan_path))
+    variables = {key: value["value"] for key, value in plan["variables"].items()}
+    # A -var on the command line reaches the plan's variables as the string it was typed as.
+    protection = str(variables["ledger_deletion_protection"]).lower() == "true"
+    retention_days = int(variables["ledger_retention_days"])
+    resources = planned_resources(plan)
+    changes = changes_by_action(plan)
+    c = Checks()
+
+    print("  the ledger table")
+    table = resources.get("aws_dynamodb_table.orders", {})
+    key_arn = resources.get("aws_kms_key.main", {}).get("arn")
+    table_arn, table_name = table.get("arn"), table.get("name")
+    c.check("the plan holds the table with its ARN (planned on the applied stack)", table_arn and key_arn, sorted(resources))
+    c.equal("billing_mode PAY_PER_REQUEST", table.get("billing_mode"), "PAY_PER_REQUEST")
+    c.equal("hash_key order_id, no range key", (table.get("hash_key"), table.get("range_key") or None), ("order_id", None))
+    c.equal("attributes: order_id S only", [(a.get("name"), a.get("type")) for a in table.get("attribute", [])], [("order_id", "S")])
+    c.equal("TTL enabled on expires_at", [(t.get("enabled"), t.get("attribute_name")) for t in table.get("ttl", [])], [(True, "expires_at")])
+    c.equal("SSE enabled with the stack's KMS key",
+            [(e.get("enabled"), e.get("kms_key_arn")) for e in table.get("server_side_encryption", [])], [(True, key_arn)])
+    # moto reports PITR too (smoke checks DescribeContinuousBackups); this is the same setting in the plan.
+    c.equal("point-in-time recovery enabled", [p.get("enabled") for p in table.get("point_in_time_recovery", [])], [True])
+    c.equal("deletion protection follows ledger_deletion_protection",
+            table.get("deletion_protection_enabled"), protection)
+    table_change = changes.get("aws_dynamodb_table.orders", {}).get("change", {})
+    if table_change:
+        before, after = table_change.get("before") or {}, table_change.get("after") or {}
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k) and k != "tags_all")
+        c.equal("the table changes in place, never replaced (an order ledger is not disposable)",
+                (table_change.get("actions"), changed),
+                (["update"], ["deletion_protection_enabled"] if protection else []))
+
+    print("  IAM: DynamoDB least privilege in every role policy")
+    roles = {service: resources.get(f"aws_iam_role.{service}", {}).get("name") for service in LEDGER_ACTIONS}
+    by_role = {}
+    for address, values in resources.items():
+        if not address.startswith("aws_iam_role_policy."):
+            continue
+        if not c.check(f"{address}: policy known at plan time", values.get("policy"), "unknown"):
+            continue
+        by_role.setdefault(values.get("role"), []).extend(json.loads(values["policy"])["Statement"])
+    everything = [statement for statements in by_role.values() for statement in statements]
+    c.equal("no Scan/Query/dynamodb:* (or wider) grant; DynamoDB resources only the table's ARN",
+            dynamodb_problems(everything, table_arn), [])
+    for service, role in roles.items():
+        c.equal(f"{service} task role: DynamoDB actions exactly {sorted(LEDGER_ACTIONS[service])}",
+                sorted(dynamodb_actions(by_role.get(role, []))), sorted(LEDGER_ACTIONS[service]))
+        c.equal(f"{service} task role: the stack key through DynamoDB only", len(kms_via_dynamodb(by_role.get(role, []), key_arn)), 1)
+    c.equal("no other role has DynamoDB access",
+            {role: sorted(dynamodb_actions(statements)) for role, statements in by_role.items()
+             if role not in roles.values() and dynamodb_actions(statements)}, {})
+    attachments = [a for a in resources if a.startswith(("aws_iam_role_policy_attachment.", "aws_iam_policy."))]
+    c.equal("no managed policies (they would escape these checks)", attachments, [])
+    key_policy = json.loads(resources.get("aws_kms_key.main", {}).get("policy") or '{"Statement": []}')
+    dynamodb_service = [s for s in key_policy["Statement"] if s.get("Principal") == {"Service": "dynamodb.amazonaws.com"}]
+    c.equal("key policy: DynamoDB itself may only read the key's metadata",
+            [sorted(as_list(s.get("Action"))) for s in dynamodb_service], [["kms:Describe*", "kms:Get*", "kms:List*"]])
+
+    print("  ECS: both task definitions name the table")
+    for service in LEDGER_ACTIONS:
+        definition = resources.get(f'aws_ecs_task_definition.service["{service}"]', {})
+        containers = json.loads(definition.get("container_definitions") or "[{}]")
+        env = {pair["name"]: pair["value"] for pair in containers[0].get("environment", [])}
+        c.equal(f"{service}: ORDERS_TABLE is the ledger table", env.get("ORDERS_TABLE"), table_name)
+        c.equal(f"{service}: LEDGER_RETENTION from ledger_retention_days (humantime)",
+                env.get("LEDGER_RETENTION"), f"{retention_days}days")
     c.exit()
 
 
@@ -498,6 +708,7 @@ if __name__ == "__main__":
         "binaries": (binaries, 4),
         "plan-scaling": (plan_scaling, 1),
         "plan-variants": (plan_variants, 1),
+        "plan-ledger": (plan_ledger, 1),
     }
     if len(sys.argv) < 2 or sys.argv[1] not in commands or len(sys.argv) - 2 != commands[sys.argv[1]][1]:
         sys.exit(__doc__)

@@ -28,6 +28,9 @@ locals {
     AWS_REGION      = local.region
     LOG_FORMAT      = "json"
     PAYMENT_LATENCY = "${var.payment_latency_seconds}s"
+    # The order ledger (ledger.tf): both services read and write their order's item.
+    ORDERS_TABLE     = aws_dynamodb_table.orders.name
+    LEDGER_RETENTION = "${var.ledger_retention_days}days" # humantime, like PAYMENT_LATENCY
   }
 
   environment = {
@@ -192,7 +195,7 @@ resource "aws_vpc_security_group_egress_rule" "tasks_https" {
   for_each = { receiver = aws_security_group.receiver.id, worker = aws_security_group.worker.id }
 
   security_group_id = each.value
-  description       = "HTTPS to AWS APIs (ECR, CloudWatch Logs, SNS, SQS) via NAT or VPC endpoints"
+  description       = "HTTPS to AWS APIs (ECR, CloudWatch Logs, SNS, SQS, DynamoDB) via NAT or VPC endpoints"
   ip_protocol       = "tcp"
   from_port         = 443
   to_port           = 443

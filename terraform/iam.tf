@@ -54,11 +54,11 @@ resource "aws_iam_role_policy" "execution" {
   })
 }
 
-# --- Receiver task role: publish to the orders topic, nothing else. ---------------------------
+# --- Receiver task role: publish to the orders topic (+ the order ledger, below). --------------
 
 resource "aws_iam_role" "receiver" {
   name               = "${var.name}-receiver-task"
-  description        = "${var.name} receiver: publishes accepted orders to the orders topic"
+  description        = "${var.name} receiver: records accepted orders in the ledger and publishes them to the orders topic"
   assume_role_policy = local.ecs_tasks_trust
 }
 
@@ -89,11 +89,11 @@ resource "aws_iam_role_policy" "receiver" {
   })
 }
 
-# --- Worker task role: consume the orders queue, dead-letter into its DLQ. ---------------------
+# --- Worker task role: consume the orders queue, dead-letter into its DLQ (+ the ledger, below). -
 
 resource "aws_iam_role" "worker" {
   name               = "${var.name}-worker-task"
-  description        = "${var.name} worker: consumes the orders queue and dead-letters poison messages"
+  description        = "${var.name} worker: consumes the orders queue, settles orders in the ledger, dead-letters poison messages"
   assume_role_policy = local.ecs_tasks_trust
 }
 
@@ -115,6 +115,52 @@ resource "aws_iam_role_policy" "worker" {
         Effect   = "Allow"
         Action   = ["sqs:SendMessage", "sqs:GetQueueAttributes"]
         Resource = aws_sqs_queue.orders_dlq.arn
+      },
+    ]
+  })
+}
+
+# --- Order ledger (ledger.tf): item-level access to the one table, for both task roles. ----------
+# No Scan or Query (every access is by order_id), no BatchWriteItem/DeleteItem (items expire by TTL),
+# no table-level actions. Conditional writes (ConditionExpression, ReturnValuesOnConditionCheckFailure)
+# need no extra action; a TransactWriteItems with a ConditionCheck would need dynamodb:ConditionCheckItem.
+
+locals {
+  ledger_actions = {
+    # Creates the order's item before publishing, reads it back, marks it failed when the publish fails.
+    receiver = ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem"]
+    # Claims the order, records the charge and settles it, all as conditional updates of that item;
+    # PutItem replaces an item whose TTL passed but DynamoDB has not yet deleted.
+    worker = ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem"]
+  }
+  ledger_roles = { receiver = aws_iam_role.receiver.id, worker = aws_iam_role.worker.id }
+}
+
+resource "aws_iam_role_policy" "ledger" {
+  for_each = local.ledger_roles
+
+  name = "order-ledger"
+  role = each.value
+
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "OrderLedgerItems"
+        Effect   = "Allow"
+        Action   = local.ledger_actions[each.key]
+        Resource = aws_dynamodb_table.orders.arn
+      },
+      {
+        # The table is encrypted with the stack key: DynamoDB decrypts the table key on behalf of
+        # the caller. Only through DynamoDB, where these roles can reach no other table.
+        Sid      = "LedgerKeyThroughDynamoDbOnly"
+        Effect   = "Allow"
+        Action   = ["kms:Decrypt", "kms:GenerateDataKey*"]
+        Resource = aws_kms_key.main.arn
+        Condition = {
+          StringEquals = { "kms:ViaService" = "dynamodb.${local.region}.amazonaws.com" }
+        }
       },
     ]
   })

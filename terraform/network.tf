@@ -11,6 +11,7 @@ locals {
 
   # Interface endpoints the tasks need when there is no NAT gateway: image pulls (ecr.api, ecr.dkr;
   # layers come from S3 through the gateway endpoint), awslogs, and the two messaging services.
+  # The ledger's DynamoDB goes through a gateway endpoint too.
   interface_endpoints = var.egress_mode == "endpoints" ? toset(["ecr.api", "ecr.dkr", "logs", "sns", "sqs"]) : toset([])
 }
 
@@ -130,6 +131,18 @@ resource "aws_vpc_endpoint" "s3" {
   route_table_ids   = [aws_route_table.private.id]
 
   tags = { Name = "${var.name}-s3" }
+}
+
+# The order ledger (ledger.tf): DynamoDB, like S3, has a free gateway endpoint.
+resource "aws_vpc_endpoint" "dynamodb" {
+  count = var.egress_mode == "endpoints" ? 1 : 0
+
+  vpc_id            = aws_vpc.main.id
+  service_name      = "com.amazonaws.${data.aws_region.current.name}.dynamodb"
+  vpc_endpoint_type = "Gateway"
+  route_table_ids   = [aws_route_table.private.id]
+
+  tags = { Name = "${var.name}-dynamodb" }
 }
 
 resource "aws_vpc_endpoint" "interface" {

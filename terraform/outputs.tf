@@ -23,6 +23,16 @@ output "orders_dlq_url" {
   value       = aws_sqs_queue.orders_dlq.id
 }
 
+output "orders_table_name" {
+  description = "DynamoDB table of the order ledger (ORDERS_TABLE of both services)."
+  value       = aws_dynamodb_table.orders.name
+}
+
+output "orders_table_arn" {
+  description = "ARN of the order ledger table (the only DynamoDB resource the task roles may use)."
+  value       = aws_dynamodb_table.orders.arn
+}
+
 output "ecs_cluster_name" {
   description = "ECS cluster running both services."
   value       = aws_ecs_cluster.main.name

@@ -58,11 +58,11 @@ variable "private_subnet_cidrs" {
 
 variable "egress_mode" {
   description = <<-EOT
-    How tasks in the private subnets reach AWS APIs (ECR, CloudWatch Logs, SNS, SQS).
+    How tasks in the private subnets reach AWS APIs (ECR, CloudWatch Logs, SNS, SQS, DynamoDB).
     "nat": one NAT gateway (about $0.045/h + $0.045/GB processed + $0.005/h for its public IPv4);
     cheapest for this stack, and tasks can also reach the internet.
-    "endpoints": interface endpoints for sns, sqs, ecr.api, ecr.dkr and logs in both AZs plus a free S3
-    gateway endpoint (5 x 2 x $0.01/h = $0.10/h + $0.01/GB); no internet path at all.
+    "endpoints": interface endpoints for sns, sqs, ecr.api, ecr.dkr and logs in both AZs plus free S3 and
+    DynamoDB gateway endpoints (5 x 2 x $0.01/h = $0.10/h + $0.01/GB); no internet path at all.
   EOT
   type        = string
   default     = "nat"
@@ -227,6 +227,25 @@ variable "max_receive_count" {
     condition     = var.max_receive_count >= 1 && var.max_receive_count <= 1000
     error_message = "max_receive_count must be between 1 and 1000."
   }
+}
+
+# --- Order ledger (DynamoDB) -------------------------------------------------------------------
+
+variable "ledger_retention_days" {
+  description = "Days an order's ledger item lives after its last write: the services set its expires_at (TTL) this far ahead and get it as LEDGER_RETENTION. It must outlast the DLQ's retention (checked): a message redriven after its order's item expired would find no record of the charge and be charged again. 15 days covers the default 14-day DLQ."
+  type        = number
+  default     = 15
+
+  validation {
+    condition     = var.ledger_retention_days >= 1 && floor(var.ledger_retention_days) == var.ledger_retention_days
+    error_message = "ledger_retention_days must be a whole number of days, at least 1."
+  }
+}
+
+variable "ledger_deletion_protection" {
+  description = "Turn on DynamoDB deletion protection for the ledger table. Off by default so `terraform destroy` removes the lab stack; turn it on for a long-lived deployment (destroy then fails until it is turned off again)."
+  type        = bool
+  default     = false
 }
 
 # --- Worker autoscaling ------------------------------------------------------------------------
