@@ -1,5 +1,6 @@
 //! The whole order pipeline in one process, on the embedded bus: the receiver on a loopback port, the
-//! embedded SNS topic → SQS queue (+ DLQ), and the worker with its consumers on a runtime of its own.
+//! embedded SNS topic → SQS queue (+ DLQ), the embedded order ledger they share, and the worker with its
+//! consumers on a runtime of its own.
 //!
 //! The worker gets its own single-threaded runtime (threads named [`WORKER_THREAD_PREFIX`]`N`) so that its CPU time
 //! can be measured apart from the receiver's and the generator's, and so that, like the lab's quarter-vCPU
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bus::embedded::{EmbeddedStack, StackConfig};
+use ledger::Ledger;
+use ledger::embedded::EmbeddedLedger;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use orders::PaymentConfig;
 use tokio::net::TcpListener;
@@ -85,6 +88,8 @@ pub struct EmbeddedPipeline {
     pub worker_http: Option<SocketAddr>,
     /// The topic, queue and DLQ.
     pub stack: EmbeddedStack,
+    /// The order ledger the receiver writes and the worker claims in.
+    pub ledger: Arc<EmbeddedLedger>,
     worker: WorkerHandle,
     stop: CancellationToken,
     receiver_task: JoinHandle<std::io::Result<()>>,
@@ -98,6 +103,7 @@ impl EmbeddedPipeline {
     pub async fn start(config: &PipelineConfig) -> std::io::Result<EmbeddedPipeline> {
         let metrics = metrics_handle();
         let stack = EmbeddedStack::new(StackConfig::default());
+        let ledger = Arc::new(EmbeddedLedger::default());
         let payment = PaymentConfig {
             latency: config.payment_latency,
             decline_rate: config.decline_rate,
@@ -113,7 +119,12 @@ impl EmbeddedPipeline {
         };
         let listener = TcpListener::bind(("127.0.0.1", config.receiver_port)).await?;
         let receiver = listener.local_addr()?;
-        let state = receiver::AppState::new(receiver_config, Arc::new(stack.topic.clone()), metrics.clone());
+        let state = receiver::AppState::new(
+            receiver_config,
+            Arc::new(stack.topic.clone()),
+            Arc::clone(&ledger) as Arc<dyn Ledger>,
+            metrics.clone(),
+        );
         let receiver_task = tokio::spawn(receiver::run(listener, state, stop.clone().cancelled_owned()));
 
         let worker_config = WorkerConfig {
@@ -132,7 +143,7 @@ impl EmbeddedPipeline {
             .build()?;
         let worker = {
             let _inside = worker_runtime.enter();
-            Worker::new(worker_config, Arc::new(stack.queue.clone()))
+            Worker::new(worker_config, Arc::new(stack.queue.clone()), Arc::clone(&ledger) as Arc<dyn Ledger>)
         };
         let handle = worker.handle();
         let worker_http = match config.worker_port {
@@ -163,6 +174,7 @@ impl EmbeddedPipeline {
             receiver,
             worker_http,
             stack,
+            ledger,
             worker: handle,
             stop,
             receiver_task,

@@ -6,10 +6,14 @@
 //! ```
 //!
 //! The receiver runs in a child process (this same executable, `RECEIVER_BENCH_ROLE=server`) exactly as the
-//! binary runs it, except for the bus: the Prometheus recorder with its upkeep, the default [`Config`], and an
-//! [`EmbeddedStack`] whose queue is drained by a consumer so memory stays flat. The same child serves a
-//! trivial axum route answering a static 202 on a second port: the ceiling for this machine, runtime and load
-//! generator. Phases:
+//! binary runs it, except for the bus and the ledger: the Prometheus recorder with its upkeep, the default
+//! [`Config`], an [`EmbeddedStack`] whose queue is drained by a consumer so memory stays flat, and an
+//! [`EmbeddedLedger`] standing in for DynamoDB. The ledger is out of the receiver's process in production, so in
+//! phases 1 and 2 its records expire after [`CAPACITY_LEDGER_RETENTION`] (100 ms; expired records are swept as
+//! new ones arrive): otherwise the million records of phase 1 would stay in the child and the RSS floor would
+//! measure the stand-in, not the receiver. Every order still pays for its record's insert. The same child
+//! serves trivial axum routes answering a static 202 (POST) and a static 200 (GET) on a second port: the
+//! ceiling for this machine, runtime and load generator. Phases:
 //!
 //! 1. **Capacity** (wrk, closed loop, `BENCH_CONNECTIONS` (64) connections for `BENCH_SECONDS` (5) each): the
 //!    static route and `POST /orders/async` alternately, `BENCH_ROUNDS` (3) times; the best round of each is
@@ -19,7 +23,11 @@
 //!    schedule whatever the answers do, and latency is counted from each request's *scheduled* start, so a
 //!    stall cannot hide behind fewer requests). Floors: p99 < 10 ms, every answer 202, receiver RSS < 64 MB
 //!    (peak, sampled every 50 ms).
-//! 3. **Sync throughput** (a second child with 4 slots × 100 ms, 16 closed-loop clients): equals
+//! 3. **Lookups** (a second child, whose ledger keeps records for the default retention): `POST /orders/async`
+//!    for 2 s with wrk to fill the ledger, then [`LOOKUP_IDS`] (1,000) more orders whose ids a wrk script
+//!    rotates through with `GET /orders/{id}`, alternating with the static GET route, `BENCH_ROUNDS` times.
+//!    Floor: ≥ 50,000 lookups/s (best round), every answer 200.
+//! 4. **Sync throughput** (a third child with 4 slots × 100 ms, 16 closed-loop clients): equals
 //!    slots / latency = 40 orders/s.
 //!
 //! Exits non-zero if a floor is missed. Under `cargo test` (no `--bench` argument) it does nothing.
@@ -33,10 +41,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{get, post};
 use bus::Consumer;
 use bus::embedded::{EmbeddedStack, StackConfig};
 use hdrhistogram::Histogram;
+use ledger::embedded::EmbeddedLedger;
 use orders::PaymentConfig;
 use receiver::{AppState, Config};
 use tokio::time::Instant;
@@ -50,6 +59,11 @@ const ORDER: &str =
     r#"{"customer_id": 1234, "items": [{"product_id": "PROD-001", "quantity": 2, "price": 49.99}]}"#;
 
 const ACCEPTED_FLOOR: f64 = 25_000.0;
+const LOOKUP_FLOOR: f64 = 50_000.0;
+/// Accepted orders the lookup phase rotates through.
+const LOOKUP_IDS: usize = 1_000;
+/// How long the ledger stand-in keeps records in phases 1 and 2 (see the module docs).
+const CAPACITY_LEDGER_RETENTION: Duration = Duration::from_millis(100);
 const STATIC_RATIO_FLOOR: f64 = 0.5;
 const OPEN_RATE: u64 = 10_000;
 const P99_LIMIT_MS: f64 = 10.0;
@@ -118,7 +132,12 @@ fn serve() {
             },
             ..Config::default()
         };
-        let state = AppState::new(config, Arc::new(stack.topic.clone()), Some(metrics));
+        let retention = std::env::var("BENCH_LEDGER_RETENTION_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(ledger::DEFAULT_RETENTION, Duration::from_millis);
+        let ledger = Arc::new(EmbeddedLedger::new(retention));
+        let state = AppState::new(config, Arc::new(stack.topic.clone()), ledger, Some(metrics));
         let receiver_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let static_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!(
@@ -128,12 +147,19 @@ fn serve() {
         );
         std::io::stdout().flush().unwrap();
 
-        let static_app = Router::new().route(
-            "/orders/async",
-            post(|| async {
-                (StatusCode::ACCEPTED, [("content-type", "application/json")], r#"{"status":"pending"}"#)
-            }),
-        );
+        let static_app = Router::new()
+            .route(
+                "/orders/async",
+                post(|| async {
+                    (StatusCode::ACCEPTED, [("content-type", "application/json")], r#"{"status":"pending"}"#)
+                }),
+            )
+            .route(
+                "/orders/{id}",
+                get(|| async {
+                    (StatusCode::OK, [("content-type", "application/json")], r#"{"status":"pending"}"#)
+                }),
+            );
         tokio::spawn(async move { axum::serve(static_listener, static_app).await });
         let stdin_closed = async {
             tokio::task::spawn_blocking(|| std::io::stdin().lines().for_each(drop)).await.ok();
@@ -150,8 +176,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(sync_slots: usize, sync_latency: Duration) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+    /// `ledger_retention`: how long the ledger stand-in keeps records; `None` for the ledger's default.
+    fn start(sync_slots: usize, sync_latency: Duration, ledger_retention: Option<Duration>) -> Self {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        if let Some(retention) = ledger_retention {
+            command.env("BENCH_LEDGER_RETENTION_MS", retention.as_millis().to_string());
+        }
+        let mut child = command
             .env(ROLE_VAR, "server")
             .env("BENCH_SYNC_SLOTS", sync_slots.to_string())
             .env("BENCH_SYNC_LATENCY_MS", sync_latency.as_millis().to_string())
@@ -208,7 +239,7 @@ async fn bench() -> bool {
         ok &= passed;
     };
 
-    let server = Server::start(1, Duration::from_secs(3));
+    let server = Server::start(1, Duration::from_secs(3), Some(CAPACITY_LEDGER_RETENTION));
     println!(
         "receiver pid {} on {}, static route on {}",
         server.child.id(),
@@ -227,7 +258,8 @@ async fn bench() -> bool {
     println!(
         "\n1. capacity: wrk -t1 -c{connections} -d{seconds}s (closed loop), {rounds} alternating rounds"
     );
-    wrk(&script, server.receiver, 1, connections); // warm-up
+    let post_url = |target: SocketAddr| format!("http://{target}/orders/async");
+    wrk(&script, &post_url(server.receiver), 1, connections); // warm-up
     let (mut static_runs, mut async_runs) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         for (name, target, runs) in [
@@ -235,7 +267,7 @@ async fn bench() -> bool {
             ("POST /orders/async", server.receiver, &mut async_runs),
         ] {
             let cpu_before = server.cpu_time();
-            let run = wrk(&script, target, seconds, connections);
+            let run = wrk(&script, &post_url(target), seconds, connections);
             let cpu = per_request_us(server.cpu_time() - cpu_before, run.rate * seconds as f64);
             println!(
                 "   round {round}  {name} {:>9.0} req/s   p99 {:>6.2} ms   server CPU {cpu:>5.1} us/request   \
@@ -299,13 +331,53 @@ async fn bench() -> bool {
         format!("{:.1} MB", open.max_rss_mb),
     );
     server.stop();
+
+    println!(
+        "\n3. lookups: GET /orders/{{id}} rotating over {LOOKUP_IDS} accepted orders, wrk -t1 -c{connections} \
+         -d{seconds}s, {rounds} alternating rounds"
+    );
+    let server = Server::start(1, Duration::from_secs(3), None);
+    // A fuller ledger than the rotated ids alone, so lookups search a map of realistic size.
+    wrk(&script, &post_url(server.receiver), 2, connections);
+    let lookup_script = std::env::temp_dir().join(format!("receiver-bench-get-{}.lua", std::process::id()));
+    std::fs::write(&lookup_script, lookup_script_for(&accept_orders(server.receiver, LOOKUP_IDS).await))
+        .unwrap();
+    let lookup_url = |target: SocketAddr| format!("http://{target}/");
+    wrk(&lookup_script, &lookup_url(server.receiver), 1, connections); // warm-up
+    let (mut static_runs, mut lookup_runs) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        for (name, target, runs) in [
+            ("static GET route   ", server.static_route, &mut static_runs),
+            ("GET /orders/{id}   ", server.receiver, &mut lookup_runs),
+        ] {
+            let cpu_before = server.cpu_time();
+            let run = wrk(&lookup_script, &lookup_url(target), seconds, connections);
+            let cpu = per_request_us(server.cpu_time() - cpu_before, run.rate * seconds as f64);
+            println!(
+                "   round {round}  {name} {:>9.0} req/s   p99 {:>6.2} ms   server CPU {cpu:>5.1} us/request   \
+                 non-2xx {}",
+                run.rate, run.p99_ms, run.non_2xx
+            );
+            runs.push(run);
+        }
+    }
+    let (static_best, lookup_best) = (best(&static_runs), best(&lookup_runs));
+    let non_2xx: u64 = lookup_runs.iter().map(|run| run.non_2xx).sum();
+    println!("   static GET route best {static_best:.0}/s: lookups at {:.2} x", lookup_best / static_best);
+    check(
+        "lookups/s >= 50,000 (best round), every answer 200",
+        lookup_best >= LOOKUP_FLOOR && non_2xx == 0,
+        format!("{lookup_best:.0}/s, {non_2xx} non-2xx in all rounds"),
+    );
+    server.stop();
+    std::fs::remove_file(&lookup_script).ok();
     std::fs::remove_file(&script).ok();
 
     println!(
-        "\n3. sync throughput: {SYNC_SLOTS} slots x {} ms, 16 closed-loop clients for {seconds} s",
+        "\n4. sync throughput: {SYNC_SLOTS} slots x {} ms, 16 closed-loop clients for {seconds} s",
         SYNC_LATENCY.as_millis()
     );
-    let server = Server::start(SYNC_SLOTS, SYNC_LATENCY);
+    let server = Server::start(SYNC_SLOTS, SYNC_LATENCY, None);
     let (completed, elapsed) = closed_loop_sync(server.receiver, 16, Duration::from_secs(seconds)).await;
     server.stop();
     let rate = completed as f64 / elapsed.as_secs_f64();
@@ -333,11 +405,11 @@ struct WrkRun {
     non_2xx: u64,
 }
 
-fn wrk(script: &std::path::Path, target: SocketAddr, seconds: u64, connections: u64) -> WrkRun {
+fn wrk(script: &std::path::Path, url: &str, seconds: u64, connections: u64) -> WrkRun {
     let output = Command::new("wrk")
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
         .arg(script)
-        .arg(format!("http://{target}/orders/async"))
+        .arg(url)
         .output()
         .expect("wrk is installed (apt-get install -y wrk)");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -360,6 +432,42 @@ fn parse_wrk_duration_ms(text: &str) -> f64 {
         "s" => number * 1000.0,
         _ => f64::NAN,
     }
+}
+
+/// Posts `count` orders, 64 at a time, and returns their ids (every one must be accepted).
+async fn accept_orders(address: SocketAddr, count: usize) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/orders/async");
+    let mut ids = Vec::with_capacity(count);
+    while ids.len() < count {
+        let wave: Vec<_> = (0..64.min(count - ids.len()))
+            .map(|_| {
+                let request = client.post(&url).header("content-type", "application/json").body(ORDER);
+                tokio::spawn(async move {
+                    let answer: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+                    answer["order_id"].as_str().expect("the order was accepted").to_owned()
+                })
+            })
+            .collect();
+        for request in wave {
+            ids.push(request.await.unwrap());
+        }
+    }
+    ids
+}
+
+/// A wrk script that requests `GET /orders/{id}` for each of `ids` in turn. The requests are formatted once,
+/// at load, so the load generator spends no time per request building them.
+fn lookup_script_for(ids: &[String]) -> String {
+    let quoted: Vec<String> = ids.iter().map(|id| format!("\"{id}\"")).collect();
+    format!(
+        "local ids = {{{}}}\n\
+         local requests = {{}}\n\
+         for i, id in ipairs(ids) do requests[i] = wrk.format(\"GET\", \"/orders/\" .. id) end\n\
+         local next = 0\n\
+         request = function()\n  next = next % #requests + 1\n  return requests[next]\nend\n",
+        quoted.join(",")
+    )
 }
 
 async fn fetch_stats(address: SocketAddr) -> serde_json::Value {

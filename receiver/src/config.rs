@@ -22,6 +22,11 @@ pub struct Config {
     /// How long a request waits for the broker to acknowledge its publish before answering 503 (5 s). Bounded so
     /// a stalled broker turns into fast, retryable errors instead of piling up requests.
     pub publish_timeout: Duration,
+    /// How long one call to the order ledger may take before it counts as failed (2 s): the write of
+    /// `POST /orders/async` (503 after it), the lookup of `GET /orders/{id}` (503), and each try at marking an
+    /// unaccepted order failed. Bounded so a stalled store turns into fast, retryable errors, and so lookups,
+    /// which have no concurrency limit, cannot pile up behind it.
+    pub ledger_timeout: Duration,
     /// How long the micro-batcher holds a partial batch while another batch is in flight, hoping to fill it
     /// (2 ms). When nothing is in flight it sends at once, so an idle receiver adds no latency.
     pub batch_linger: Duration,
@@ -48,6 +53,7 @@ impl Default for Config {
             sync_timeout: Duration::from_secs(10),
             payment: PaymentConfig::default(),
             publish_timeout: Duration::from_secs(5),
+            ledger_timeout: Duration::from_secs(2),
             batch_linger: Duration::from_millis(2),
             max_batches_in_flight: 16,
             max_async_in_flight: 1024,

@@ -1,5 +1,5 @@
-//! The receiver binary: flags and environment, logging, metrics, the SNS publisher, signals; then
-//! [`receiver::run`].
+//! The receiver binary: flags and environment, logging, metrics, the SNS publisher, the DynamoDB ledger,
+//! signals; then [`receiver::run`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,6 +29,16 @@ struct Args {
     /// ARN of the SNS topic accepted orders are published to. Required to serve.
     #[arg(long, env = "ORDERS_TOPIC_ARN")]
     topic_arn: Option<String>,
+    /// DynamoDB table of the order ledger, where each order's record is written before it is published, so
+    /// that GET /orders/{id} can answer for it. Required to serve.
+    #[arg(long, env = "ORDERS_TABLE")]
+    table: Option<String>,
+    /// How long the ledger keeps an order's record after its last write (DynamoDB TTL).
+    #[arg(long, env = "LEDGER_RETENTION", default_value_t = humantime::Duration::from(ledger::DEFAULT_RETENTION))]
+    ledger_retention: humantime::Duration,
+    /// How long one ledger call (write, lookup) may take before the request answers 503.
+    #[arg(long, env = "LEDGER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    ledger_timeout: Duration,
     /// How long `POST /orders/sync` waits for a payment slot before answering 504.
     #[arg(long, env = "SYNC_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     sync_timeout: Duration,
@@ -83,18 +93,30 @@ fn main() -> anyhow::Result<()> {
         let healthy = tokio::runtime::Runtime::new()?.block_on(check_health(args.port));
         std::process::exit(if healthy { 0 } else { 1 });
     }
-    let Some(topic_arn) = args.topic_arn.clone() else {
+    let (Some(topic_arn), Some(table)) = (args.topic_arn.clone(), args.table.clone()) else {
+        if args.topic_arn.is_none() {
+            eprintln!(
+                "error: no SNS topic to publish to: set ORDERS_TOPIC_ARN (or --topic-arn) to the orders \
+                 topic's ARN."
+            );
+        }
+        if args.table.is_none() {
+            eprintln!(
+                "error: no order ledger: set ORDERS_TABLE (or --table) to the orders DynamoDB table. Every \
+                 accepted order is recorded there before it is published, so that GET /orders/{{id}} can \
+                 answer for it."
+            );
+        }
         eprintln!(
-            "error: no SNS topic to publish to: set ORDERS_TOPIC_ARN (or --topic-arn) to the orders topic's ARN.\n\
-             To run the whole pipeline locally on the embedded bus instead: cargo run --release -p loadtest -- up"
+            "To run the whole pipeline locally on the embedded bus instead: cargo run --release -p loadtest -- up"
         );
         std::process::exit(2);
     };
     init_tracing(args.log_format);
-    tokio::runtime::Runtime::new()?.block_on(serve(args, topic_arn))
+    tokio::runtime::Runtime::new()?.block_on(serve(args, topic_arn, table))
 }
 
-async fn serve(args: Args, topic_arn: String) -> anyhow::Result<()> {
+async fn serve(args: Args, topic_arn: String, table: String) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("seconds".into()),
@@ -108,7 +130,9 @@ async fn serve(args: Args, topic_arn: String) -> anyhow::Result<()> {
         .context("installing the Prometheus recorder")?;
     receiver::spawn_metrics_upkeep(metrics.clone());
 
-    let publisher = bus::aws::AwsPublisher::new(&bus::aws::config_from_env().await, topic_arn.clone());
+    let sdk = bus::aws::config_from_env().await;
+    let publisher = bus::aws::AwsPublisher::new(&sdk, topic_arn.clone());
+    let ledger = ledger::dynamodb::DynamoLedger::new(&sdk, table.clone(), args.ledger_retention.into());
     let config = Config {
         mode: "aws".into(),
         sync_timeout: args.sync_timeout,
@@ -119,6 +143,7 @@ async fn serve(args: Args, topic_arn: String) -> anyhow::Result<()> {
             ..PaymentConfig::default()
         },
         publish_timeout: args.publish_timeout,
+        ledger_timeout: args.ledger_timeout,
         batch_linger: args.batch_linger,
         max_batches_in_flight: args.max_batches_in_flight,
         max_async_in_flight: args.max_async_in_flight,
@@ -126,11 +151,11 @@ async fn serve(args: Args, topic_arn: String) -> anyhow::Result<()> {
         retry_after: args.retry_after,
         shutdown_deadline: args.shutdown_deadline,
     };
-    let state = AppState::new(config, Arc::new(publisher), Some(metrics));
+    let state = AppState::new(config, Arc::new(publisher), Arc::new(ledger), Some(metrics));
     let address = SocketAddr::new(args.bind, args.port);
     let listener =
         tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
-    tracing::info!(%address, %topic_arn, "receiver listening");
+    tracing::info!(%address, %topic_arn, %table, "receiver listening");
     receiver::run(listener, state, shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("receiver stopped");
     Ok(())

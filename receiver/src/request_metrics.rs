@@ -12,9 +12,12 @@ use axum::http::StatusCode;
 use metrics::{Counter, Histogram};
 
 /// The routes, for the `route` label. Any other path is labelled `unmatched`, so a scan of random paths cannot
-/// create unbounded metric series.
-const ROUTES: [&str; 5] = ["/orders/async", "/orders/sync", "/health", "/stats", "/metrics"];
+/// create unbounded metric series; every `/orders/{id}` lookup shares the one label of its route.
+const ROUTES: [&str; 6] = ["/orders/async", "/orders/sync", "/health", "/stats", "/metrics", ORDER_BY_ID];
 const UNMATCHED: &str = "unmatched";
+const ORDER_BY_ID: &str = "/orders/{id}";
+/// `ORDER_BY_ID`'s position in [`ROUTES`].
+const ORDER_BY_ID_INDEX: usize = 5;
 
 /// One slot per valid status code, 100 to 999 (`StatusCode` allows no others): about 200 KB of handles.
 const STATUS_SLOTS: usize = 900;
@@ -25,7 +28,12 @@ pub(crate) struct Route(usize);
 
 impl Route {
     pub(crate) fn of(path: &str) -> Self {
-        Self(ROUTES.iter().position(|route| *route == path).unwrap_or(ROUTES.len()))
+        if let Some(index) = ROUTES.iter().position(|route| *route == path) {
+            return Self(index);
+        }
+        // What the router sends to `/orders/{id}`: one more non-empty segment (the static routes matched above).
+        let order_by_id = path.strip_prefix("/orders/").is_some_and(|id| !id.is_empty() && !id.contains('/'));
+        Self(if order_by_id { ORDER_BY_ID_INDEX } else { ROUTES.len() })
     }
 
     fn label(self) -> &'static str {
@@ -82,5 +90,17 @@ mod tests {
         }
         assert_eq!(Route::of("/no/such/path").label(), "unmatched");
         assert_eq!(Route::of("/metrics").label(), "/metrics");
+    }
+
+    #[test]
+    fn every_order_lookup_shares_one_label() {
+        assert_eq!(ROUTES[ORDER_BY_ID_INDEX], ORDER_BY_ID);
+        for path in ["/orders/0190b5c4-5d3e-7a2b-9c1d-2e3f4a5b6c7d", "/orders/not-a-uuid", "/orders/%2F"] {
+            assert_eq!(Route::of(path).label(), "/orders/{id}", "{path}");
+        }
+        assert_eq!(Route::of("/orders/async").label(), "/orders/async");
+        for path in ["/orders/", "/orders/a/b", "/orders"] {
+            assert_eq!(Route::of(path).label(), "unmatched", "{path}");
+        }
     }
 }

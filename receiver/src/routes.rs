@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bus::{ATTR_SCHEMA_VERSION, OutgoingMessage};
 use chrono::{DateTime, Utc};
+use ledger::NewOrder;
 use orders::{
     Money, Order, OrderRequest, OrderStatus, PaymentError, PaymentOutcome, RequestError, WIRE_VERSION,
     WireMessage,
@@ -22,6 +23,7 @@ use uuid::Uuid;
 use crate::MAX_BODY_BYTES;
 use crate::batcher::PublishError;
 use crate::error::ApiError;
+use crate::records::{self, Operation, Unaccepted, Unpublished};
 use crate::request_metrics::Route;
 use crate::state::{AppState, Endpoint};
 
@@ -48,19 +50,55 @@ struct Completed {
     waited_ms: u64,
 }
 
-/// `POST /orders/async`: validate, publish, and answer 202 only once the bus has acknowledged the order.
+/// `POST /orders/async`: validate, write the order's pending record, publish, and answer 202 only once the bus
+/// has acknowledged the order. See the crate docs for what each failure leaves behind.
 pub(crate) async fn accept_async(State(state): State<AppState>, request: Request) -> Response {
     let counters = state.counters();
     let result = async {
         let _admitted = state.admit(Endpoint::Async)?;
         let request = read_order(request).await.inspect_err(|_| count(&counters.async_invalid))?;
         let wire = WireMessage::new(Order::new(request), Utc::now());
+
+        // The record before the publish: `GET /orders/{id}` finds the order the moment the 202 is sent.
+        let unpublished = Unpublished::new(&state, wire.order.order_id);
+        let record = NewOrder::of(&wire.order, wire.accepted_at);
+        let timeout = state.config().ledger_timeout;
+        match records::call(Operation::Create, timeout, state.ledger().create(&record)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Another order's record: leave it alone.
+                unpublished.disarm();
+                count(&counters.async_ledger_failures);
+                records::count_failure(Operation::Create, "conflict");
+                tracing::error!(order_id = %record.order_id, "a new order's id is already in the ledger");
+                return Err(ledger_unavailable(&state, "the order's id was taken; retry for a new one"));
+            }
+            Err(error) => {
+                count(&counters.async_ledger_failures);
+                tracing::warn!(order_id = %record.order_id, %error, "cannot record an order; answered 503");
+                if records::may_have_written(&error) {
+                    unpublished.not_accepted(Unaccepted::WriteFailed(error));
+                } else {
+                    unpublished.disarm();
+                }
+                return Err(ledger_unavailable(
+                    &state,
+                    "the order was not accepted because it could not be recorded; nothing was queued, retry later",
+                ));
+            }
+        }
+
         let message = OutgoingMessage::new(wire.to_json())
             .with_attribute(ATTR_SCHEMA_VERSION, WIRE_VERSION.to_string());
-        state.batcher().publish(message).await.map_err(|error| {
-            count(&counters.async_failed);
-            publish_failed(error, &state)
-        })?;
+        match state.batcher().publish(message).await {
+            Ok(_) => unpublished.disarm(),
+            Err(error) => {
+                count(&counters.async_failed);
+                let answer = publish_failed(&error, &state);
+                unpublished.not_accepted(Unaccepted::PublishFailed(error));
+                return Err(answer);
+            }
+        }
         count(&counters.async_accepted);
         Ok::<_, ApiError>(Accepted {
             order_id: wire.order.order_id,
@@ -76,7 +114,7 @@ pub(crate) async fn accept_async(State(state): State<AppState>, request: Request
     }
 }
 
-fn publish_failed(error: PublishError, state: &AppState) -> ApiError {
+fn publish_failed(error: &PublishError, state: &AppState) -> ApiError {
     let retry_after = state.config().retry_after;
     match error {
         PublishError::ShuttingDown => ApiError::unavailable(
@@ -89,6 +127,39 @@ fn publish_failed(error: PublishError, state: &AppState) -> ApiError {
             format!("the order was not accepted because it could not be queued: {error}; retry later"),
             retry_after,
         ),
+    }
+}
+
+/// 503 `ledger_unavailable`: the store's own error is logged, not sent, since it can name tables and roles.
+fn ledger_unavailable(state: &AppState, message: &'static str) -> ApiError {
+    ApiError::unavailable("ledger_unavailable", message, state.config().retry_after)
+}
+
+/// `GET /orders/{id}`: the order's ledger record, by one key lookup. Outside the order endpoints' admission
+/// limits, since a lookup is cheap and bounded by [`crate::Config::ledger_timeout`].
+pub(crate) async fn get_order(State(state): State<AppState>, request: Request) -> Response {
+    // The route is `/orders/{id}`: the id is the rest of the path, taken as sent (a UUID needs no escapes).
+    let id = request.uri().path().strip_prefix("/orders/").unwrap_or_default();
+    let Ok(order_id) = Uuid::try_parse(id) else {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_order_id",
+            "an order id is a UUID, as returned in `order_id` by POST /orders/async",
+        )
+        .into_response();
+    };
+    match records::call(Operation::Get, state.config().ledger_timeout, state.ledger().get(order_id)).await {
+        Ok(Some(record)) => (StatusCode::OK, Json(record)).into_response(),
+        Ok(None) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            format!("no order {order_id}: never accepted, or its record has expired"),
+        )
+        .into_response(),
+        Err(error) => {
+            tracing::warn!(%order_id, %error, "an order could not be looked up; answered 503");
+            ledger_unavailable(&state, "the order could not be looked up; retry later").into_response()
+        }
     }
 }
 

@@ -1,13 +1,17 @@
-//! What every request shares: the config, the micro-batcher, the payment gate, admission limits and counters.
+//! What every request shares: the config, the micro-batcher, the order ledger, the payment gate, admission limits
+//! and counters.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bus::Publisher;
+use ledger::Ledger;
 use metrics_exporter_prometheus::PrometheusHandle;
 use orders::PaymentGate;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::Config;
 use crate::batcher::{BatcherSettings, PublishBatcher};
@@ -20,10 +24,12 @@ pub struct AppState {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 struct Shared {
     config: Config,
     batcher: PublishBatcher,
+    ledger: Arc<dyn Ledger>,
+    /// Tasks marking the records of unaccepted orders failed; the shutdown waits for them.
+    background: TaskTracker,
     gate: PaymentGate,
     metrics: Option<PrometheusHandle>,
     request_metrics: RequestMetrics,
@@ -31,6 +37,18 @@ struct Shared {
     async_admission: Admission,
     sync_admission: Admission,
     counters: Counters,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("batcher", &self.batcher)
+            .field("background", &self.background)
+            .field("async_admission", &self.async_admission)
+            .field("sync_admission", &self.sync_admission)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A concurrency limit that sheds instead of queueing: a request either gets a permit at once or a 503.
@@ -56,6 +74,8 @@ impl Admission {
 pub(crate) struct Counters {
     pub(crate) async_accepted: AtomicU64,
     pub(crate) async_failed: AtomicU64,
+    pub(crate) async_ledger_failures: AtomicU64,
+    pub(crate) async_abandon_failures: AtomicU64,
     pub(crate) async_invalid: AtomicU64,
     pub(crate) async_shed: AtomicU64,
     pub(crate) sync_completed: AtomicU64,
@@ -75,9 +95,15 @@ pub(crate) enum Endpoint {
 
 impl AppState {
     /// Builds the state and starts the micro-batcher publishing to `publisher`. Must be called within a tokio
-    /// runtime. `metrics` is the handle of the Prometheus recorder the binary installed; `None` disables
-    /// `/metrics`.
-    pub fn new(config: Config, publisher: Arc<dyn Publisher>, metrics: Option<PrometheusHandle>) -> Self {
+    /// runtime. `ledger` holds one record per accepted order: written before each publish, so that
+    /// `GET /orders/{id}` finds an order as soon as its 202 is sent. `metrics` is the handle of the Prometheus
+    /// recorder the binary installed; `None` disables `/metrics`.
+    pub fn new(
+        config: Config,
+        publisher: Arc<dyn Publisher>,
+        ledger: Arc<dyn Ledger>,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
         let batcher = PublishBatcher::start(
             publisher,
             BatcherSettings {
@@ -93,6 +119,8 @@ impl AppState {
                 async_admission: Admission::new(config.max_async_in_flight),
                 sync_admission: Admission::new(config.max_sync_in_flight),
                 batcher,
+                ledger,
+                background: TaskTracker::new(),
                 metrics,
                 request_metrics: RequestMetrics::new(),
                 started: std::time::Instant::now(),
@@ -110,6 +138,29 @@ impl AppState {
     /// The micro-batcher that publishes accepted orders.
     pub fn batcher(&self) -> &PublishBatcher {
         &self.shared.batcher
+    }
+
+    /// The order ledger: written by `POST /orders/async`, read by `GET /orders/{id}`.
+    pub fn ledger(&self) -> &dyn Ledger {
+        &*self.shared.ledger
+    }
+
+    /// Where the records of unaccepted orders are marked failed, off the request path.
+    pub(crate) fn background(&self) -> &TaskTracker {
+        &self.shared.background
+    }
+
+    /// Waits, until `deadline` at the latest, for the records of unaccepted orders to be marked failed, and
+    /// says whether all were. Call once no request can start any more (after the server stopped).
+    pub(crate) async fn finish_background(&self, deadline: Instant) -> bool {
+        self.shared.background.close();
+        tokio::time::timeout_at(deadline, self.shared.background.wait()).await.is_ok()
+    }
+
+    /// Counts an unaccepted order whose record could not be marked failed.
+    pub(crate) fn count_abandon_failure(&self) {
+        self.shared.counters.async_abandon_failures.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("receiver_unaccepted_left_pending_total").increment(1);
     }
 
     /// The process-wide payment gate behind `POST /orders/sync`.
@@ -165,6 +216,8 @@ impl AppState {
                 accepted: load(&counters.async_accepted),
                 published: load(&publish.published),
                 failed: load(&counters.async_failed),
+                ledger_failures: load(&counters.async_ledger_failures),
+                abandon_failures: load(&counters.async_abandon_failures),
                 invalid: load(&counters.async_invalid),
                 shed: load(&counters.async_shed),
                 in_flight: async_in_flight,
@@ -212,8 +265,14 @@ pub struct AsyncStats {
     pub accepted: u64,
     /// Messages the broker acknowledged. Can exceed `accepted` when a client left before its answer.
     pub published: u64,
-    /// Answered 503 because the publish failed or timed out.
+    /// Answered 503 because the publish failed or timed out (the order's record is then marked failed).
     pub failed: u64,
+    /// Answered 503 with `ledger_unavailable` because the order's record could not be written (the ledger
+    /// failed or timed out, or the id was taken): nothing was published.
+    pub ledger_failures: u64,
+    /// Orders not accepted whose record could not be marked failed, even after retries: each stays `pending`
+    /// until its record expires. Logged at error level with the order id.
+    pub abandon_failures: u64,
     /// Answered 400, 413, 415 or 422.
     pub invalid: u64,
     /// Answered 503 at once because the endpoint was at its concurrency limit.

@@ -1,5 +1,6 @@
-//! Bad input over real HTTP: every error status in the one JSON shape, and a property test that arbitrary
-//! bytes and arbitrary JSON always get a 2xx/4xx JSON answer, never a 500.
+//! Bad input over real HTTP: every error status in the one JSON shape, and property tests that arbitrary
+//! bytes and arbitrary JSON (posted as orders) and arbitrary order ids (looked up) always get a 2xx/4xx JSON
+//! answer, never a 5xx.
 
 mod common;
 
@@ -63,6 +64,10 @@ async fn each_client_error_has_its_status_and_the_error_shape() {
     assert_eq!(wrong_method.allow.as_deref(), Some("POST"));
     let wrong_method = Answer::read(client().delete(server.url("/health")).send().await.unwrap()).await;
     assert_eq!((wrong_method.status, wrong_method.error_code()), (405, "method_not_allowed"));
+    let order_url = server.url(&format!("/orders/{}", uuid::Uuid::now_v7()));
+    let wrong_method = Answer::read(client().put(order_url).send().await.unwrap()).await;
+    assert_eq!((wrong_method.status, wrong_method.error_code()), (405, "method_not_allowed"));
+    assert_eq!(wrong_method.allow.as_deref(), Some("GET,HEAD"));
 
     assert_eq!(stack.queue.stats_now().visible, 0, "nothing invalid was published");
     let stats = server.state.stats();
@@ -150,6 +155,41 @@ fn post_blocking(path: &str, body: Vec<u8>) -> Answer {
     })
 }
 
+fn get_blocking(path: &str) -> Answer {
+    let (runtime, address, client) = shared_server();
+    runtime.block_on(async {
+        Answer::read(client.get(format!("http://{address}{path}")).send().await.unwrap()).await
+    })
+}
+
+/// `bytes` as a path segment: unreserved characters as they are, every other byte percent-encoded.
+fn percent_encoded(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(byte).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// What goes after `/orders/`: `None` for the id of an order just accepted; otherwise arbitrary bytes, UUIDs in
+/// each textual form, near-UUIDs, and raw paths with more segments.
+fn any_order_path() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        1 => Just(None),
+        3 => prop::collection::vec(any::<u8>(), 0..48).prop_map(|bytes| Some(percent_encoded(&bytes))),
+        1 => any::<u128>().prop_map(|n| Some(uuid::Uuid::from_u128(n).hyphenated().to_string())),
+        1 => any::<u128>().prop_map(|n| Some(uuid::Uuid::from_u128(n).simple().to_string())),
+        1 => any::<u128>().prop_map(|n| Some(percent_encoded(uuid::Uuid::from_u128(n).braced().to_string().as_bytes()))),
+        1 => any::<u128>().prop_map(|n| Some(uuid::Uuid::from_u128(n).urn().to_string())),
+        2 => "[0-9a-fA-F-]{30,40}".prop_map(Some),
+        1 => "[a-z0-9./-]{0,24}".prop_map(Some),
+    ]
+}
+
 fn assert_client_answer(answer: &Answer) {
     assert!(
         (200..300).contains(&answer.status) || (400..500).contains(&answer.status),
@@ -217,5 +257,18 @@ proptest! {
     #[test]
     fn order_like_json_gets_a_json_client_answer(value in order_like()) {
         assert_client_answer(&post_blocking("/orders/async", value.to_string().into_bytes()));
+    }
+
+    #[test]
+    fn arbitrary_order_ids_get_a_json_client_answer(id in any_order_path()) {
+        let id = id.unwrap_or_else(|| {
+            let accepted = post_blocking("/orders/async", order(1).into_bytes());
+            accepted.json["order_id"].as_str().expect("an accepted order").to_owned()
+        });
+        let answer = get_blocking(&format!("/orders/{id}"));
+        assert_client_answer(&answer);
+        if answer.status == 200 {
+            prop_assert_eq!(answer.json["order_id"].as_str(), Some(id.as_str()));
+        }
     }
 }

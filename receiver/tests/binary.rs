@@ -1,5 +1,5 @@
-//! The `receiver` binary itself: a clear refusal without a topic, `--check-health`, and exit 0 after SIGTERM
-//! (no broker is contacted: nothing is published).
+//! The `receiver` binary itself: a clear refusal without a topic or a ledger table, `--check-health`, and exit 0
+//! after SIGTERM (no broker or table is contacted: nothing is published).
 
 mod common;
 
@@ -29,6 +29,18 @@ fn without_a_topic_it_says_what_to_set_and_fails() {
     assert!(stderr.contains("cargo run --release -p loadtest -- up"), "{stderr}");
 }
 
+#[test]
+fn without_a_ledger_table_it_says_what_to_set_and_fails() {
+    let output = receiver_command()
+        .env("ORDERS_TOPIC_ARN", "arn:aws:sns:us-east-1:000000000000:orders")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ORDERS_TABLE"), "{stderr}");
+    assert!(!stderr.contains("ORDERS_TOPIC_ARN"), "only what is missing: {stderr}");
+}
+
 #[tokio::test]
 async fn check_health_exits_0_when_healthy_and_1_otherwise() {
     let stack = EmbeddedStack::new(StackConfig::default());
@@ -51,6 +63,8 @@ fn sigterm_stops_it_cleanly_with_exit_0() {
         .env("PORT", port.to_string())
         .env("BIND_ADDR", "127.0.0.1")
         .env("ORDERS_TOPIC_ARN", "arn:aws:sns:us-east-1:000000000000:orders")
+        .env("ORDERS_TABLE", "orders")
+        .env("LEDGER_RETENTION", "7days") // as the task definition sets it
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")

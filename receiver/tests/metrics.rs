@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use bus::embedded::{EmbeddedStack, StackConfig};
 use common::{client, order};
+use ledger::LedgerError;
 use orders::PaymentConfig;
 use receiver::{AppState, Config};
 
 #[tokio::test]
-async fn metrics_cover_requests_publishing_and_the_gate() {
+async fn metrics_cover_requests_publishing_the_ledger_and_the_gate() {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().unwrap();
     let stack = EmbeddedStack::new(StackConfig::default());
     let config = Config {
@@ -23,7 +24,8 @@ async fn metrics_cover_requests_publishing_and_the_gate() {
         },
         ..Config::default()
     };
-    let state = AppState::new(config, Arc::new(stack.topic.clone()), Some(handle));
+    let ledger = Arc::new(ledger::embedded::EmbeddedLedger::default());
+    let state = AppState::new(config, Arc::new(stack.topic.clone()), ledger.clone(), Some(handle));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(receiver::run(listener, state, std::future::pending()));
@@ -32,7 +34,16 @@ async fn metrics_cover_requests_publishing_and_the_gate() {
         client.post(format!("{base}{path}")).header("content-type", "application/json").body(body).send()
     };
 
-    assert_eq!(post("/orders/async", order(1)).await.unwrap().status(), 202);
+    let accepted = post("/orders/async", order(1)).await.unwrap();
+    assert_eq!(accepted.status(), 202);
+    let order_id =
+        accepted.json::<serde_json::Value>().await.unwrap()["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(client.get(format!("{base}/orders/{order_id}")).send().await.unwrap().status(), 200);
+    let unknown = uuid::Uuid::now_v7();
+    assert_eq!(client.get(format!("{base}/orders/{unknown}")).send().await.unwrap().status(), 404);
+    ledger.fail_with(Some(LedgerError::Throttled("slow down".into())));
+    assert_eq!(post("/orders/async", order(3)).await.unwrap().status(), 503);
+    ledger.fail_with(None);
     assert_eq!(post("/orders/async", "{}".into()).await.unwrap().status(), 422);
     assert_eq!(post("/orders/sync", order(2)).await.unwrap().status(), 200);
     assert_eq!(client.get(format!("{base}/nowhere/{}", 7)).send().await.unwrap().status(), 404);
@@ -46,6 +57,10 @@ async fn metrics_cover_requests_publishing_and_the_gate() {
         r#"receiver_http_requests_total{route="/orders/async",status="422"} 1"#,
         r#"receiver_http_requests_total{route="/orders/sync",status="200"} 1"#,
         r#"receiver_http_requests_total{route="unmatched",status="404"} 1"#,
+        r#"receiver_http_requests_total{route="/orders/{id}",status="200"} 1"#,
+        r#"receiver_http_requests_total{route="/orders/{id}",status="404"} 1"#,
+        r#"receiver_http_requests_total{route="/orders/async",status="503"} 1"#,
+        r#"receiver_ledger_failures_total{operation="create",kind="throttled"} 1"#,
         r#"receiver_http_request_duration_seconds_count{route="/orders/async",status="202"} 1"#,
         "receiver_publish_batch_size_count 1",
         r#"receiver_publish_duration_seconds_count{outcome="ok"} 1"#,

@@ -1,5 +1,5 @@
-//! Shared by the integration tests: a receiver on a free port, a client, order bodies, and a scriptable
-//! publisher.
+//! Shared by the integration tests: a receiver on a free port (with an embedded ledger), a client, order
+//! bodies, and a scriptable publisher.
 #![allow(dead_code, missing_docs)] // each test binary uses a different part of this module
 
 use std::net::SocketAddr;
@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bus::{BusError, EntryResult, MessageId, OutgoingMessage, Publisher};
+use ledger::Ledger;
+use ledger::embedded::EmbeddedLedger;
 use receiver::{AppState, Config};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -17,20 +19,34 @@ use tokio::task::JoinHandle;
 pub struct TestServer {
     pub address: SocketAddr,
     pub state: AppState,
+    /// The records of the receiver's ledger, to look at or make fail.
+    pub ledger: Arc<EmbeddedLedger>,
     shutdown: Option<oneshot::Sender<()>>,
     pub server: JoinHandle<std::io::Result<()>>,
 }
 
 impl TestServer {
+    /// With a fresh embedded ledger.
     pub async fn start(config: Config, publisher: Arc<dyn Publisher>) -> Self {
+        let ledger = Arc::new(EmbeddedLedger::default());
+        Self::start_with_ledger(config, publisher, ledger.clone(), ledger).await
+    }
+
+    /// The receiver talks to `port`, which keeps its records in `ledger` (the same ledger, or a wrapper).
+    pub async fn start_with_ledger(
+        config: Config,
+        publisher: Arc<dyn Publisher>,
+        ledger: Arc<EmbeddedLedger>,
+        port: Arc<dyn Ledger>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
         let address = listener.local_addr().unwrap();
-        let state = AppState::new(config, publisher, None);
+        let state = AppState::new(config, publisher, port, None);
         let (shutdown, signal) = oneshot::channel::<()>();
         let server = tokio::spawn(receiver::run(listener, state.clone(), async move {
             let _ = signal.await;
         }));
-        Self { address, state, shutdown: Some(shutdown), server }
+        Self { address, state, ledger, shutdown: Some(shutdown), server }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -42,6 +58,10 @@ impl TestServer {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+    }
+
+    pub async fn get(&self, client: &reqwest::Client, path: &str) -> Answer {
+        Answer::read(client.get(self.url(path)).send().await.expect("the receiver answers")).await
     }
 
     pub async fn post_order(&self, client: &reqwest::Client, endpoint: &str, body: &str) -> Answer {
