@@ -328,6 +328,12 @@ pub trait Ledger: Send + Sync + 'static {
     async fn abandon(&self, order_id: Uuid, reason: &str) -> Result<bool, LedgerError>;
 }
 
+/// Everything the receiver keeps in the ledger's store: order records and idempotency keys. Both adapters are
+/// one; this names the pair so a service can hold one `Arc<dyn Store>`.
+pub trait Store: Ledger + idempotency::IdempotencyKeys {}
+
+impl<T: Ledger + idempotency::IdempotencyKeys> Store for T {}
+
 /// `approved` / `declined`, the names the API and the store use.
 pub fn outcome_name(outcome: PaymentOutcome) -> &'static str {
     match outcome {

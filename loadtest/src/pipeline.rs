@@ -122,7 +122,7 @@ impl EmbeddedPipeline {
         let state = receiver::AppState::new(
             receiver_config,
             Arc::new(stack.topic.clone()),
-            Arc::clone(&ledger) as Arc<dyn Ledger>,
+            Arc::clone(&ledger) as Arc<dyn ledger::Store>,
             metrics.clone(),
         );
         let receiver_task = tokio::spawn(receiver::run(listener, state, stop.clone().cancelled_owned()));

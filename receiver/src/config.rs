@@ -44,6 +44,9 @@ pub struct Config {
     /// After a shutdown signal, how long in-flight requests and pending publishes get to finish (20 s, inside
     /// the 30 s ECS gives a task between SIGTERM and SIGKILL).
     pub shutdown_deadline: Duration,
+    /// How long the answer to a request with an `Idempotency-Key` is kept and replayed (24 h, as Stripe keeps
+    /// keys): a client retrying within it never creates a second order.
+    pub idempotency_retention: Duration,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             max_sync_in_flight: 1024,
             retry_after: Duration::from_secs(1),
             shutdown_deadline: Duration::from_secs(20),
+            idempotency_retention: ledger::idempotency::DEFAULT_KEY_RETENTION,
         }
     }
 }

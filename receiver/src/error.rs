@@ -57,6 +57,15 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON body, as sent: for storing an answer to replay it byte for byte.
+    pub(crate) fn json_body(&self) -> String {
+        let body =
+            Body { error: Inner { code: self.code, message: &self.message, fields: self.fields.as_deref() } };
+        serde_json::to_string(&body).expect("an error body always serializes")
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body =

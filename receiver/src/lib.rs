@@ -55,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 mod batcher;
 mod config;
 mod error;
+mod idempotency;
 mod records;
 mod request_metrics;
 mod routes;

@@ -72,6 +72,9 @@ struct Args {
     /// After SIGTERM/SIGINT, how long in-flight requests and pending publishes get to finish.
     #[arg(long, env = "SHUTDOWN_DEADLINE", default_value = "20s", value_parser = humantime::parse_duration)]
     shutdown_deadline: Duration,
+    /// How long the answer to a request with an Idempotency-Key is replayed to retries with that key.
+    #[arg(long, env = "IDEMPOTENCY_RETENTION", default_value_t = humantime::Duration::from(ledger::idempotency::DEFAULT_KEY_RETENTION))]
+    idempotency_retention: humantime::Duration,
     /// Log format: human-readable text, or one JSON object per line for log collectors.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -150,6 +153,7 @@ async fn serve(args: Args, topic_arn: String, table: String) -> anyhow::Result<(
         max_sync_in_flight: args.max_sync_in_flight,
         retry_after: args.retry_after,
         shutdown_deadline: args.shutdown_deadline,
+        idempotency_retention: args.idempotency_retention.into(),
     };
     let state = AppState::new(config, Arc::new(publisher), Arc::new(ledger), Some(metrics));
     let address = SocketAddr::new(args.bind, args.port);

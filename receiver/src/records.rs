@@ -31,6 +31,7 @@ pub(crate) enum Operation {
     Create,
     Get,
     Abandon,
+    Key,
 }
 
 impl Operation {
@@ -39,6 +40,7 @@ impl Operation {
             Operation::Create => "create",
             Operation::Get => "get",
             Operation::Abandon => "abandon",
+            Operation::Key => "idempotency_key",
         }
     }
 }

@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bus::{ATTR_SCHEMA_VERSION, OutgoingMessage};
+use bus::{ATTR_SCHEMA_VERSION, BusError, OutgoingMessage};
 use chrono::{DateTime, Utc};
 use ledger::NewOrder;
 use orders::{
@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::MAX_BODY_BYTES;
 use crate::batcher::PublishError;
 use crate::error::ApiError;
+use crate::idempotency::{self, IdempotencyKey};
 use crate::records::{self, Operation, Unaccepted, Unpublished};
 use crate::request_metrics::Route;
 use crate::state::{AppState, Endpoint};
@@ -33,7 +34,7 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The 202 answer of `POST /orders/async`.
 #[derive(Debug, Serialize)]
-struct Accepted {
+pub(crate) struct Accepted {
     order_id: Uuid,
     status: OrderStatus,
     message: &'static str,
@@ -42,7 +43,7 @@ struct Accepted {
 
 /// The 200 answer of `POST /orders/sync`.
 #[derive(Debug, Serialize)]
-struct Completed {
+pub(crate) struct Completed {
     order_id: Uuid,
     status: OrderStatus,
     message: &'static str,
@@ -51,75 +52,159 @@ struct Completed {
 }
 
 /// `POST /orders/async`: validate, write the order's pending record, publish, and answer 202 only once the bus
-/// has acknowledged the order. See the crate docs for what each failure leaves behind.
+/// has acknowledged the order. See the crate docs for what each failure leaves behind. With an
+/// `Idempotency-Key`, [`idempotency::accept_async`] takes over once the body is valid.
 pub(crate) async fn accept_async(State(state): State<AppState>, request: Request) -> Response {
+    let key = match IdempotencyKey::from_headers(request.headers()) {
+        Ok(key) => key,
+        Err(error) => return error.into_response(),
+    };
     let counters = state.counters();
-    let result = async {
-        let _admitted = state.admit(Endpoint::Async)?;
-        let request = read_order(request).await.inspect_err(|_| count(&counters.async_invalid))?;
-        let wire = WireMessage::new(Order::new(request), Utc::now());
-
-        // The record before the publish: `GET /orders/{id}` finds the order the moment the 202 is sent.
-        let unpublished = Unpublished::new(&state, wire.order.order_id);
-        let record = NewOrder::of(&wire.order, wire.accepted_at);
-        let timeout = state.config().ledger_timeout;
-        match records::call(Operation::Create, timeout, state.ledger().create(&record)).await {
-            Ok(true) => {}
-            Ok(false) => {
-                // Another order's record: leave it alone.
-                unpublished.disarm();
-                count(&counters.async_ledger_failures);
-                records::count_failure(Operation::Create, "conflict");
-                tracing::error!(order_id = %record.order_id, "a new order's id is already in the ledger");
-                return Err(ledger_unavailable(&state, "the order's id was taken; retry for a new one"));
-            }
-            Err(error) => {
-                count(&counters.async_ledger_failures);
-                tracing::warn!(order_id = %record.order_id, %error, "cannot record an order; answered 503");
-                if records::may_have_written(&error) {
-                    unpublished.not_accepted(Unaccepted::WriteFailed(error));
-                } else {
-                    unpublished.disarm();
-                }
-                return Err(ledger_unavailable(
-                    &state,
-                    "the order was not accepted because it could not be recorded; nothing was queued, retry later",
-                ));
-            }
-        }
-
-        let message = OutgoingMessage::new(wire.to_json())
-            .with_attribute(ATTR_SCHEMA_VERSION, WIRE_VERSION.to_string());
-        match state.batcher().publish(message).await {
-            Ok(_) => unpublished.disarm(),
-            Err(error) => {
-                count(&counters.async_failed);
-                let answer = publish_failed(&error, &state);
-                unpublished.not_accepted(Unaccepted::PublishFailed(error));
-                return Err(answer);
-            }
-        }
-        count(&counters.async_accepted);
-        Ok::<_, ApiError>(Accepted {
-            order_id: wire.order.order_id,
-            status: wire.order.status,
-            message: "order accepted; it will be processed asynchronously",
-            accepted_at: wire.accepted_at,
-        })
+    let admitted = async {
+        let admitted = state.admit(Endpoint::Async)?;
+        let order = read_order(request).await.inspect_err(|_| count(&counters.async_invalid))?;
+        Ok::<_, ApiError>((admitted, order))
     }
     .await;
-    match result {
-        Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
-        Err(error) => error.into_response(),
+    let (admitted, order) = match admitted {
+        Ok(admitted) => admitted,
+        Err(error) => return error.into_response(),
+    };
+    match key {
+        Some(key) => idempotency::accept_async(state, key, order, admitted).await,
+        None => {
+            let placed = place(&state, Order::new(order), Placement::Unkeyed).await;
+            drop(admitted);
+            match placed {
+                Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+                Err(not_placed) => not_placed.error.into_response(),
+            }
+        }
     }
 }
 
-fn publish_failed(error: &PublishError, state: &AppState) -> ApiError {
+/// Whether a placement is retried under an idempotency key, which decides what a failure leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// No key: an order that was not answered 202 is marked failed, so a late publish is never charged.
+    Unkeyed,
+    /// Under a key: a publish whose outcome is unknown leaves the order as it is, and the key's retry
+    /// publishes the same order id again. `resumed`: an earlier attempt with this key chose the id.
+    Keyed {
+        /// Whether an earlier attempt chose the order id (and may have published it).
+        resumed: bool,
+    },
+}
+
+/// An order that was not answered 202.
+pub(crate) struct NotPlaced {
+    /// The answer.
+    pub(crate) error: ApiError,
+    /// Whether the order may still be processed (its publish may have reached the bus): a retry under its key
+    /// must reuse its id.
+    pub(crate) may_be_processed: bool,
+}
+
+/// Writes the order's pending record, publishes it, and returns the 202 body once the bus acknowledged it.
+pub(crate) async fn place(
+    state: &AppState,
+    order: Order,
+    placement: Placement,
+) -> Result<Accepted, NotPlaced> {
+    let counters = state.counters();
+    let resumed = placement == Placement::Keyed { resumed: true };
+    let refused = |error| NotPlaced { error, may_be_processed: resumed };
+    let wire = WireMessage::new(order, Utc::now());
+
+    // The record before the publish: `GET /orders/{id}` finds the order the moment the 202 is sent.
+    let unpublished = Unpublished::new(state, wire.order.order_id);
+    let record = NewOrder::of(&wire.order, wire.accepted_at);
+    let timeout = state.config().ledger_timeout;
+    match records::call(Operation::Create, timeout, state.ledger().create(&record)).await {
+        Ok(true) => {}
+        // A retry under a key of an order an earlier attempt recorded (and may have published).
+        Ok(false) if resumed => {}
+        Ok(false) => {
+            // Another order's record: leave it alone.
+            unpublished.disarm();
+            count(&counters.async_ledger_failures);
+            records::count_failure(Operation::Create, "conflict");
+            tracing::error!(order_id = %record.order_id, "a new order's id is already in the ledger");
+            return Err(refused(ledger_unavailable(state, "the order's id was taken; retry for a new one")));
+        }
+        Err(error) => {
+            count(&counters.async_ledger_failures);
+            tracing::warn!(order_id = %record.order_id, %error, "cannot record an order; answered 503");
+            if records::may_have_written(&error) && !resumed {
+                unpublished.not_accepted(Unaccepted::WriteFailed(error));
+            } else {
+                unpublished.disarm();
+            }
+            return Err(refused(ledger_unavailable(
+                state,
+                "the order was not accepted because it could not be recorded; nothing was queued, retry later",
+            )));
+        }
+    }
+
+    let message =
+        OutgoingMessage::new(wire.to_json()).with_attribute(ATTR_SCHEMA_VERSION, WIRE_VERSION.to_string());
+    match state.batcher().publish(message).await {
+        Ok(_) => unpublished.disarm(),
+        Err(error) => {
+            count(&counters.async_failed);
+            let unknown = outcome_unknown(&error);
+            let answer = publish_failed(&error, wire.order.order_id, state);
+            return Err(match placement {
+                Placement::Unkeyed => {
+                    unpublished.not_accepted(Unaccepted::PublishFailed(error));
+                    NotPlaced { error: answer, may_be_processed: unknown }
+                }
+                // Under a key, an order that may have reached the bus is left as it is: the retry publishes
+                // the same id again, and the ledger charges an id once.
+                Placement::Keyed { resumed } if unknown || resumed => {
+                    unpublished.disarm();
+                    NotPlaced { error: answer, may_be_processed: true }
+                }
+                Placement::Keyed { .. } => {
+                    unpublished.not_accepted(Unaccepted::PublishFailed(error));
+                    NotPlaced { error: answer, may_be_processed: false }
+                }
+            });
+        }
+    }
+    count(&counters.async_accepted);
+    Ok(Accepted {
+        order_id: wire.order.order_id,
+        status: wire.order.status,
+        message: "order accepted; it will be processed asynchronously",
+        accepted_at: wire.accepted_at,
+    })
+}
+
+/// Whether a failed publish may nevertheless have reached the bus: no acknowledgement in time, or the
+/// receiver stopping while the call was out.
+fn outcome_unknown(error: &PublishError) -> bool {
+    matches!(
+        error,
+        PublishError::TimedOut(_) | PublishError::ShuttingDown | PublishError::Bus(BusError::Timeout)
+    )
+}
+
+fn publish_failed(error: &PublishError, order_id: Uuid, state: &AppState) -> ApiError {
     let retry_after = state.config().retry_after;
     match error {
         PublishError::ShuttingDown => ApiError::unavailable(
             "shutting_down",
-            "the receiver is shutting down; retry shortly",
+            "the receiver is shutting down; retry shortly (with the same Idempotency-Key, if you sent one)",
+            retry_after,
+        ),
+        error if outcome_unknown(error) => ApiError::unavailable(
+            "outcome_unknown",
+            format!(
+                "the bus did not acknowledge order {order_id} in time, so whether it was accepted is unknown; \
+                 retrying with the same Idempotency-Key is safe and never creates a second order"
+            ),
             retry_after,
         ),
         error => ApiError::unavailable(
@@ -131,7 +216,7 @@ fn publish_failed(error: &PublishError, state: &AppState) -> ApiError {
 }
 
 /// 503 `ledger_unavailable`: the store's own error is logged, not sent, since it can name tables and roles.
-fn ledger_unavailable(state: &AppState, message: &'static str) -> ApiError {
+pub(crate) fn ledger_unavailable(state: &AppState, message: &'static str) -> ApiError {
     ApiError::unavailable("ledger_unavailable", message, state.config().retry_after)
 }
 
@@ -164,64 +249,85 @@ pub(crate) async fn get_order(State(state): State<AppState>, request: Request) -
 }
 
 /// `POST /orders/sync`: validate, wait for the process-wide payment gate (up to the sync timeout), pay, answer.
+/// With an `Idempotency-Key`, [`idempotency::pay_sync`] takes over once the body is valid.
 pub(crate) async fn pay_sync(State(state): State<AppState>, request: Request) -> Response {
+    let key = match IdempotencyKey::from_headers(request.headers()) {
+        Ok(key) => key,
+        Err(error) => return error.into_response(),
+    };
     let counters = state.counters();
-    let result = async {
-        let _admitted = state.admit(Endpoint::Sync)?;
-        let request = read_order(request).await.inspect_err(|_| count(&counters.sync_invalid))?;
-        let order = Order::new(request);
-        let deadline = Instant::now() + state.config().sync_timeout;
-        // If the client disconnects, this future is dropped and the payment leaves the gate's queue with it.
-        let payment = state.gate().pay_before(&order, deadline).await;
-        let waited = match &payment {
-            Ok(receipt) => Some(receipt.waited),
-            Err(PaymentError::DeadlineExceeded { waited }) => Some(*waited),
-            Err(PaymentError::GatewayUnavailable(_)) => None,
-        };
-        if let Some(waited) = waited {
-            metrics::histogram!("receiver_payment_gate_wait_seconds").record(waited.as_secs_f64());
-        }
-        match payment {
-            Ok(receipt) if receipt.outcome == PaymentOutcome::Approved => {
-                count(&counters.sync_completed);
-                Ok(Completed {
-                    order_id: order.order_id,
-                    status: OrderStatus::Completed,
-                    message: "payment completed",
-                    total: order.total,
-                    waited_ms: u64::try_from(receipt.waited.as_millis()).unwrap_or(u64::MAX),
-                })
-            }
-            Ok(_declined) => {
-                count(&counters.sync_declined);
-                Err(ApiError::new(
-                    StatusCode::PAYMENT_REQUIRED,
-                    "payment_declined",
-                    format!("the payment for order {} was declined", order.order_id),
-                ))
-            }
-            Err(PaymentError::DeadlineExceeded { waited }) => {
-                count(&counters.sync_timed_out);
-                Err(ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "payment_timeout",
-                    format!("no payment slot became free within {waited:?}; nothing was charged"),
-                ))
-            }
-            Err(PaymentError::GatewayUnavailable(reason)) => {
-                count(&counters.sync_unavailable);
-                Err(ApiError::unavailable(
-                    "payment_unavailable",
-                    format!("{reason}; nothing was charged, retry later"),
-                    state.config().retry_after,
-                ))
+    let admitted = async {
+        let admitted = state.admit(Endpoint::Sync)?;
+        let order = read_order(request).await.inspect_err(|_| count(&counters.sync_invalid))?;
+        Ok::<_, ApiError>((admitted, order))
+    }
+    .await;
+    let (admitted, order) = match admitted {
+        Ok(admitted) => admitted,
+        Err(error) => return error.into_response(),
+    };
+    match key {
+        Some(key) => idempotency::pay_sync(state, key, order, admitted).await,
+        None => {
+            // If the client disconnects, this future is dropped and the payment leaves the gate's queue with it.
+            let paid = charge_sync(&state, Order::new(order)).await;
+            drop(admitted);
+            match paid {
+                Ok(completed) => (StatusCode::OK, Json(completed)).into_response(),
+                Err(error) => error.into_response(),
             }
         }
     }
-    .await;
-    match result {
-        Ok(completed) => (StatusCode::OK, Json(completed)).into_response(),
-        Err(error) => error.into_response(),
+}
+
+/// Waits for the gate (up to the sync timeout) and pays: 200's body, or 402, 504 or 503.
+pub(crate) async fn charge_sync(state: &AppState, order: Order) -> Result<Completed, ApiError> {
+    let counters = state.counters();
+    let deadline = Instant::now() + state.config().sync_timeout;
+    let payment = state.gate().pay_before(&order, deadline).await;
+    let waited = match &payment {
+        Ok(receipt) => Some(receipt.waited),
+        Err(PaymentError::DeadlineExceeded { waited }) => Some(*waited),
+        Err(PaymentError::GatewayUnavailable(_)) => None,
+    };
+    if let Some(waited) = waited {
+        metrics::histogram!("receiver_payment_gate_wait_seconds").record(waited.as_secs_f64());
+    }
+    match payment {
+        Ok(receipt) if receipt.outcome == PaymentOutcome::Approved => {
+            count(&counters.sync_completed);
+            Ok(Completed {
+                order_id: order.order_id,
+                status: OrderStatus::Completed,
+                message: "payment completed",
+                total: order.total,
+                waited_ms: u64::try_from(receipt.waited.as_millis()).unwrap_or(u64::MAX),
+            })
+        }
+        Ok(_declined) => {
+            count(&counters.sync_declined);
+            Err(ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "payment_declined",
+                format!("the payment for order {} was declined", order.order_id),
+            ))
+        }
+        Err(PaymentError::DeadlineExceeded { waited }) => {
+            count(&counters.sync_timed_out);
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "payment_timeout",
+                format!("no payment slot became free within {waited:?}; nothing was charged"),
+            ))
+        }
+        Err(PaymentError::GatewayUnavailable(reason)) => {
+            count(&counters.sync_unavailable);
+            Err(ApiError::unavailable(
+                "payment_unavailable",
+                format!("{reason}; nothing was charged, retry later"),
+                state.config().retry_after,
+            ))
+        }
     }
 }
 
@@ -273,7 +379,7 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn count(counter: &AtomicU64) {
+pub(crate) fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 

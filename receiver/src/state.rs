@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bus::Publisher;
-use ledger::Ledger;
+use ledger::idempotency::IdempotencyKeys;
+use ledger::{Ledger, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use orders::PaymentGate;
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ pub struct AppState {
 struct Shared {
     config: Config,
     batcher: PublishBatcher,
-    ledger: Arc<dyn Ledger>,
+    ledger: Arc<dyn Store>,
     /// Tasks marking the records of unaccepted orders failed; the shutdown waits for them.
     background: TaskTracker,
     gate: PaymentGate,
@@ -101,7 +102,7 @@ impl AppState {
     pub fn new(
         config: Config,
         publisher: Arc<dyn Publisher>,
-        ledger: Arc<dyn Ledger>,
+        ledger: Arc<dyn Store>,
         metrics: Option<PrometheusHandle>,
     ) -> Self {
         let batcher = PublishBatcher::start(
@@ -142,6 +143,11 @@ impl AppState {
 
     /// The order ledger: written by `POST /orders/async`, read by `GET /orders/{id}`.
     pub fn ledger(&self) -> &dyn Ledger {
+        &*self.shared.ledger
+    }
+
+    /// The idempotency keys of the order endpoints, in the same store.
+    pub(crate) fn keys(&self) -> &dyn IdempotencyKeys {
         &*self.shared.ledger
     }
 

@@ -73,7 +73,7 @@ async fn bus_failure_answers_503_and_claims_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn unacknowledged_publish_times_out_with_503() {
+async fn unacknowledged_publish_times_out_with_503_outcome_unknown() {
     let publisher = Arc::new(ScriptedPublisher::new().held());
     let config = Config { publish_timeout: Duration::from_millis(300), ..Config::default() };
     let server = TestServer::start(config, publisher.clone()).await;
@@ -81,7 +81,10 @@ async fn unacknowledged_publish_times_out_with_503() {
     let started = tokio::time::Instant::now();
     let answer = server.post_order(&client(), "/orders/async", &order(1)).await;
     assert_eq!(answer.status, 503);
-    assert_eq!(answer.error_code(), "bus_unavailable");
+    // The publish may still land: never "not accepted", and the way to retry safely.
+    assert_eq!(answer.error_code(), "outcome_unknown");
+    let message = answer.json["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("not accepted") && message.contains("Idempotency-Key"), "{message}");
     assert!(answer.retry_after.is_some());
     assert!(
         started.elapsed() >= Duration::from_millis(300) && started.elapsed() < Duration::from_millis(400)

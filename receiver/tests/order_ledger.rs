@@ -13,6 +13,7 @@ use bus::Consumer;
 use bus::embedded::{EmbeddedStack, StackConfig};
 use common::{ScriptedPublisher, TestServer, client, eventually, order};
 use ledger::embedded::EmbeddedLedger;
+use ledger::idempotency::{IdempotencyKeys, KeyBegin, KeyRequest, StoredResponse};
 use ledger::{
     ChargeRecord, Claim, ClaimRequest, Ledger, LedgerError, NewOrder, OrderRecord, PaymentRecord, Settle,
     Settlement,
@@ -144,7 +145,7 @@ async fn an_unacknowledged_publish_marks_the_record_failed() {
     let server = TestServer::start(config, publisher.clone()).await;
 
     let refused = server.post_order(&client(), "/orders/async", &order(1)).await;
-    assert_eq!((refused.status, refused.error_code()), (503, "bus_unavailable"));
+    assert_eq!((refused.status, refused.error_code()), (503, "outcome_unknown"));
     eventually("the record is marked failed", 400, || only_record_failed(&server.ledger)).await;
     let last_error = only_record(&server.ledger).last_error.unwrap_or_default();
     // The broker call and the request time out together; either may report it.
@@ -203,6 +204,30 @@ struct FlakyAbandons {
 impl FlakyAbandons {
     fn new(inner: Arc<EmbeddedLedger>, error: LedgerError, failures: u32) -> Self {
         Self { inner, error, failures: AtomicU32::new(failures), abandon_calls: AtomicU32::new(0) }
+    }
+}
+
+#[async_trait]
+impl IdempotencyKeys for FlakyAbandons {
+    async fn begin(&self, request: &KeyRequest) -> Result<KeyBegin, LedgerError> {
+        self.inner.begin(request).await
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        response: &StoredResponse,
+        retention: Duration,
+    ) -> Result<(), LedgerError> {
+        self.inner.complete(key, response, retention).await
+    }
+
+    async fn unlock(&self, key: &str) -> Result<(), LedgerError> {
+        self.inner.unlock(key).await
+    }
+
+    async fn forget(&self, key: &str) -> Result<(), LedgerError> {
+        self.inner.forget(key).await
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bus::{BusError, EntryResult, MessageId, OutgoingMessage, Publisher};
-use ledger::Ledger;
+use ledger::Store;
 use ledger::embedded::EmbeddedLedger;
 use receiver::{AppState, Config};
 use tokio::sync::{oneshot, watch};
@@ -37,7 +37,7 @@ impl TestServer {
         config: Config,
         publisher: Arc<dyn Publisher>,
         ledger: Arc<EmbeddedLedger>,
-        port: Arc<dyn Ledger>,
+        port: Arc<dyn Store>,
     ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
         let address = listener.local_addr().unwrap();
