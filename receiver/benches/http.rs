@@ -23,6 +23,9 @@
 //!    schedule whatever the answers do, and latency is counted from each request's *scheduled* start, so a
 //!    stall cannot hide behind fewer requests). Floors: p99 < 10 ms, every answer 202, receiver RSS < 64 MB
 //!    (peak, sampled every 50 ms).
+//!    Then (2b, the same child) **keyed orders**: `POST /orders/async` with a fresh `Idempotency-Key` on every
+//!    request (a key record taken and completed per order), `BENCH_ROUNDS` rounds. Floor: ≥ 20,000 orders/s
+//!    (best round), every answer 202.
 //! 3. **Lookups** (a second child, whose ledger keeps records for the default retention): `POST /orders/async`
 //!    for 2 s with wrk to fill the ledger, then [`LOOKUP_IDS`] (1,000) more orders whose ids a wrk script
 //!    rotates through with `GET /orders/{id}`, alternating with the static GET route, `BENCH_ROUNDS` times.
@@ -60,6 +63,8 @@ const ORDER: &str =
 
 const ACCEPTED_FLOOR: f64 = 25_000.0;
 const LOOKUP_FLOOR: f64 = 50_000.0;
+/// Orders/s with an `Idempotency-Key` on each (one key-record write and one completion more per order).
+const KEYED_FLOOR: f64 = 20_000.0;
 /// Accepted orders the lookup phase rotates through.
 const LOOKUP_IDS: usize = 1_000;
 /// How long the ledger stand-in keeps records in phases 1 and 2 (see the module docs).
@@ -330,6 +335,33 @@ async fn bench() -> bool {
         open.max_rss_mb < RSS_LIMIT_MB,
         format!("{:.1} MB", open.max_rss_mb),
     );
+
+    // After the latency phase: the keys stay for their 24 h retention and would weigh on its RSS.
+    println!(
+        "\n2b. keyed orders: a fresh Idempotency-Key on every POST, wrk -t1 -c{connections} -d{seconds}s, {rounds} rounds"
+    );
+    let keyed_script = std::env::temp_dir().join(format!("receiver-bench-keyed-{}.lua", std::process::id()));
+    std::fs::write(&keyed_script, keyed_script_for(ORDER)).unwrap();
+    let mut keyed_runs = Vec::new();
+    for round in 1..=rounds {
+        let cpu_before = server.cpu_time();
+        let run = wrk(&keyed_script, &post_url(server.receiver), seconds, connections);
+        let cpu = per_request_us(server.cpu_time() - cpu_before, run.rate * seconds as f64);
+        println!(
+            "   round {round}  keyed POST         {:>9.0} req/s   p99 {:>6.2} ms   server CPU {cpu:>5.1} us/request   \
+             non-2xx {}",
+            run.rate, run.p99_ms, run.non_2xx
+        );
+        keyed_runs.push(run);
+    }
+    let keyed_best = best(&keyed_runs);
+    let non_2xx: u64 = keyed_runs.iter().map(|run| run.non_2xx).sum();
+    check(
+        "keyed orders/s >= 20,000 (best round), every answer 202",
+        keyed_best >= KEYED_FLOOR && non_2xx == 0,
+        format!("{keyed_best:.0}/s, {non_2xx} non-2xx in all rounds"),
+    );
+    std::fs::remove_file(&keyed_script).ok();
     server.stop();
 
     println!(
@@ -454,6 +486,20 @@ async fn accept_orders(address: SocketAddr, count: usize) -> Vec<String> {
         }
     }
     ids
+}
+
+/// A wrk script that posts `order` with a new `Idempotency-Key` each time (a prefix random per wrk thread,
+/// then a counter), as a well-behaved client's first attempts would.
+fn keyed_script_for(order: &str) -> String {
+    format!(
+        "wrk.method = \"POST\"\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+         wrk.body = '{order}'\n\
+         local prefix = tostring(math.random(1, 1000000000))\n\
+         local counter = 0\n\
+         request = function()\n  counter = counter + 1\n  \
+         wrk.headers[\"Idempotency-Key\"] = prefix .. \"-\" .. counter\n  return wrk.format()\nend\n"
+    )
 }
 
 /// A wrk script that requests `GET /orders/{id}` for each of `ids` in turn. The requests are formatted once,
