@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::Target;
 use crate::closed_model::{ClosedLoad, WaitRange};
 use crate::experiment::{self, Environment, ExperimentSettings, RunRequest};
+use crate::idempotency::RetryPolicy;
 use crate::open_model::OpenLoad;
 use crate::pipeline::{EmbeddedPipeline, PipelineConfig};
 use crate::probe::{Probes, WorkerUrl};
@@ -172,6 +173,12 @@ pub struct LoadArgs {
     /// After the load, watch the queue drain for at most this long (real time), then extrapolate.
     #[arg(long, env = "LOADTEST_DRAIN_CAP", default_value = "10m", value_parser = humantime::parse_duration)]
     pub drain_cap: Duration,
+    /// Send a fresh Idempotency-Key (a UUIDv4) with every order, and retry a 503, a 409, a timeout or a
+    /// connection error with the same key and body, as a careful client would: Retry-After honoured up to 5 s,
+    /// jittered backoff, at most 5 attempts. Reports retries, replays and duplicate orders; latency then covers
+    /// every attempt. compare applies it to its async runs only.
+    #[arg(long, env = "LOADTEST_IDEMPOTENCY_KEYS")]
+    pub idempotency_keys: bool,
 }
 
 /// `run`.
@@ -400,6 +407,7 @@ fn settings(
         late_threshold: load.late_threshold,
         sample_every: Duration::from_secs(1),
         progress,
+        idempotency: load.idempotency_keys.then(RetryPolicy::default),
     }
 }
 
@@ -488,6 +496,12 @@ async fn run(args: RunArgs, progress: bool, stop: &CancellationToken) -> anyhow:
     };
     let environment = environment(&args.target, &args.pipeline).await?;
     let mut document = ResultsDocument::new("run", &environment.describe(), 1.0);
+    document.idempotency_keys = args.load.idempotency_keys;
+    if args.load.idempotency_keys {
+        document
+            .notes
+            .push(format!("Idempotency keys: {}.", RetryPolicy::default().describe(TimeScale::REAL)));
+    }
     let settings = ExperimentSettings {
         sample_every: args.sample_every,
         ..settings(environment, TimeScale::REAL, &args.load, progress)
@@ -508,8 +522,8 @@ async fn run(args: RunArgs, progress: bool, stop: &CancellationToken) -> anyhow:
     Ok(document)
 }
 
-/// A short Locust-style summary of each run.
-fn render_runs(document: &ResultsDocument) -> String {
+/// A short Locust-style summary of each run, as printed after `run`.
+pub fn render_runs(document: &ResultsDocument) -> String {
     let mut out = String::new();
     for run in &document.runs {
         let l = &run.latency;
@@ -534,6 +548,16 @@ fn render_runs(document: &ResultsDocument) -> String {
             run.throughput_per_s,
             run.accepted_per_s
         ));
+        if let Some(keys) = run.idempotency {
+            out.push_str(&format!(
+                "  idempotency keys: {} keyed requests, {} retries, {} replays, {} duplicate orders created{}\n",
+                keys.keyed_requests,
+                keys.retries,
+                keys.replays,
+                keys.duplicate_orders,
+                if keys.duplicate_orders > 0 { " (the server created orders twice)" } else { "" }
+            ));
+        }
         if let Some(schedule) = run.schedule {
             out.push_str(&format!(
                 "  schedule: {} sent late (> {} ms), lag p99 {:.3} ms, {} connections\n",
@@ -655,6 +679,14 @@ mod tests {
         let cli = Cli::try_parse_from(["loadtest", "run", "--rate", "60/s", "--endpoint", "sync"]).unwrap();
         assert!(matches!(cli.command, Command::Run(RunArgs { rate: Some(Rate(60.0)), .. })));
         assert!(Cli::try_parse_from(["loadtest", "run", "--rate", "5", "--users", "3"]).is_err());
+        let keyed = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Run(run) => run.load.idempotency_keys,
+            Command::Compare(compare) => compare.load.idempotency_keys,
+            other => panic!("{other:?}"),
+        };
+        assert!(keyed(&["loadtest", "run", "--rate", "5", "--idempotency-keys"]));
+        assert!(keyed(&["loadtest", "compare", "--quick", "--idempotency-keys"]));
+        assert!(!keyed(&["loadtest", "compare"]), "the main job sends no keys");
         assert!(
             Cli::try_parse_from(["loadtest", "compare", "--queue-url", "http://q"]).is_err(),
             "needs --target"

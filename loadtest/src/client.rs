@@ -15,12 +15,16 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
-use hyper::{Method, Request, StatusCode};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::idempotency::RetryPolicy;
 use crate::outcome::{FailureKind, Outcome};
+
+/// The request header that makes a retry safe (IETF draft-ietf-httpapi-idempotency-key-header).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Why a target URL cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -117,12 +121,20 @@ impl Target {
     pub fn request(&self, method: Method, path: &str, bodies: Vec<Bytes>) -> RequestSpec {
         let path = format!("{}{}", self.base_path, path);
         let uri = path.parse().unwrap_or_else(|error| panic!("request path {path:?} is invalid: {error}"));
-        RequestSpec { method, path, uri, authority: self.authority.clone(), bodies: bodies.into() }
+        RequestSpec {
+            method,
+            path,
+            uri,
+            authority: self.authority.clone(),
+            bodies: bodies.into(),
+            idempotency: None,
+        }
     }
 }
 
-/// What every request of a run looks like: method, path and a rotation of prepared bodies (JSON when not
-/// empty). Bodies are prepared before the run so that building a request costs no serialisation.
+/// What every request of a run looks like: method, path, a rotation of prepared bodies (JSON when not
+/// empty), and whether each carries an idempotency key. Bodies are prepared before the run so that building a
+/// request costs no serialisation.
 #[derive(Debug, Clone)]
 pub struct RequestSpec {
     method: Method,
@@ -130,12 +142,25 @@ pub struct RequestSpec {
     uri: hyper::Uri,
     authority: HeaderValue,
     bodies: Arc<[Bytes]>,
+    idempotency: Option<RetryPolicy>,
 }
 
 impl RequestSpec {
     /// The request path, including the target's base path.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// The same requests, each with a fresh `Idempotency-Key` and retried with it as `policy` says (see
+    /// [`crate::idempotency`]). Without this, requests carry no key and are never retried.
+    pub fn with_idempotency_keys(mut self, policy: RetryPolicy) -> RequestSpec {
+        self.idempotency = Some(policy);
+        self
+    }
+
+    /// How keyed requests are retried, when requests carry keys.
+    pub fn idempotency(&self) -> Option<&RetryPolicy> {
+        self.idempotency.as_ref()
     }
 
     /// Builds request number `seq`; its body is the `seq`-th prepared body, round-robin.
@@ -154,6 +179,14 @@ impl RequestSpec {
         if has_body {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
+        request
+    }
+
+    /// Request number `seq` carrying `key` as its `Idempotency-Key`: the body [`RequestSpec::build`] gives
+    /// for `seq`, so a retry is the very same request.
+    pub fn build_keyed(&self, seq: u64, key: &HeaderValue) -> Request<Full<Bytes>> {
+        let mut request = self.build(seq);
+        request.headers_mut().insert(IDEMPOTENCY_KEY, key.clone());
         request
     }
 }
@@ -209,8 +242,9 @@ impl Connection {
     pub async fn exchange(&mut self, request: Request<Full<Bytes>>, timeout: Duration) -> Outcome {
         let exchanged = tokio::time::timeout(
             timeout,
-            self.round_trip(request, |mut body| async move {
+            self.round_trip(request, |response| async move {
                 // Read the body to the end so that the connection can carry the next request.
+                let mut body = response.into_body();
                 while let Some(frame) = body.frame().await {
                     frame?;
                 }
@@ -236,7 +270,9 @@ impl Connection {
     ) -> Result<(StatusCode, Bytes), FailureKind> {
         let fetched = tokio::time::timeout(
             timeout,
-            self.round_trip(request, |body| async move { Ok(body.collect().await?.to_bytes()) }),
+            self.round_trip(request, |response| async move {
+                Ok(response.into_body().collect().await?.to_bytes())
+            }),
         )
         .await;
         fetched.unwrap_or_else(|_elapsed| {
@@ -245,15 +281,39 @@ impl Connection {
         })
     }
 
-    /// Connects if needed, sends `request` and hands the response body to `read_body`, driving the
-    /// connection all along. Drops the connection on any failure or when the server closes it.
+    /// Sends one request and returns the whole answer, headers included (for keyed requests, whose retries
+    /// depend on `Retry-After` and whose replays are marked by a header).
+    pub async fn fetch_response(
+        &mut self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response<Bytes>, FailureKind> {
+        let fetched = tokio::time::timeout(
+            timeout,
+            self.round_trip(request, |response| async move {
+                let (parts, body) = response.into_parts();
+                Ok(Response::from_parts(parts, body.collect().await?.to_bytes()))
+            }),
+        )
+        .await;
+        match fetched {
+            Ok(answer) => answer.map(|(_status, response)| response),
+            Err(_elapsed) => {
+                self.open = None;
+                Err(FailureKind::Timeout)
+            }
+        }
+    }
+
+    /// Connects if needed, sends `request` and hands the response to `read_body`, driving the connection all
+    /// along. Drops the connection on any failure or when the server closes it.
     async fn round_trip<T, F, Fut>(
         &mut self,
         request: Request<Full<Bytes>>,
         read_body: F,
     ) -> Result<(StatusCode, T), FailureKind>
     where
-        F: FnOnce(Incoming) -> Fut,
+        F: FnOnce(Response<Incoming>) -> Fut,
         Fut: Future<Output = Result<T, hyper::Error>>,
     {
         self.connect().await.map_err(|_| FailureKind::Transport)?;
@@ -263,7 +323,7 @@ impl Connection {
             sender.ready().await?;
             let response = sender.send_request(request).await?;
             let status = response.status();
-            Ok::<_, hyper::Error>((status, read_body(response.into_body()).await?))
+            Ok::<_, hyper::Error>((status, read_body(response).await?))
         };
         let (result, connection_ended) = drive(&mut open.driver, exchange).await;
         if connection_ended || !matches!(result, Some(Ok(_))) {

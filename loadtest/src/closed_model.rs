@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{Connection, RequestSpec, Target};
+use crate::idempotency::{self, Keyed};
+use crate::outcome::Outcome;
 use crate::recorder::Recorder;
 
 /// The pause a user takes between an answer and its next request, drawn uniformly from `min..=max`
@@ -99,6 +101,12 @@ pub async fn run(
     ClosedRun { abandoned: abandoned.load(Ordering::Relaxed) }
 }
 
+/// How a user's request ended: a plain exchange, or a keyed request with its retries.
+enum Answer {
+    Plain(Outcome),
+    Keyed(Keyed),
+}
+
 struct User {
     id: usize,
     spec: RequestSpec,
@@ -118,18 +126,33 @@ impl User {
         let end = tokio::time::sleep_until(self.deadline);
         tokio::pin!(end);
         while Instant::now() < self.deadline {
-            let request = self.spec.build(self.sequence.fetch_add(1, Ordering::Relaxed));
+            let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+            let (connection, spec, timeout) = (&mut self.connection, &self.spec, self.timeout);
             let sent_at = Instant::now();
             self.recorder.sent(self.id, None);
-            let outcome = tokio::select! {
-                outcome = self.connection.exchange(request, self.timeout) => outcome,
+            let answer = async move {
+                match spec.idempotency() {
+                    None => Answer::Plain(connection.exchange(spec.build(seq), timeout).await),
+                    Some(policy) => {
+                        Answer::Keyed(idempotency::send(connection, spec, seq, timeout, policy).await)
+                    }
+                }
+            };
+            let answer = tokio::select! {
+                answer = answer => answer,
                 _ = &mut end => {
                     self.abandoned.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 _ = stop.cancelled() => break,
             };
-            self.recorder.finished(self.id, sent_at.elapsed(), outcome, None);
+            match answer {
+                Answer::Plain(outcome) => self.recorder.finished(self.id, sent_at.elapsed(), outcome, None),
+                // The latency of a keyed request covers all its attempts.
+                Answer::Keyed(keyed) => {
+                    self.recorder.finished_keyed(self.id, sent_at.elapsed(), &keyed, None)
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep(self.wait.draw()) => {}
                 _ = &mut end => break,

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::experiment::{self, Environment, ExperimentSettings, RunRequest};
+use crate::idempotency::IdempotencyCounts;
 use crate::outcome::FailureKind;
 use crate::results::{Comparison, Phase, ResultsDocument, RunResult};
 use crate::scenario::{LabFigures, TimeScale, lab_figures, lab_scenarios};
@@ -20,12 +21,16 @@ pub async fn compare(
 ) -> std::io::Result<ResultsDocument> {
     let mut document =
         ResultsDocument::new("compare", &settings.environment.describe(), settings.time_scale.factor());
+    document.idempotency_keys = settings.idempotency.is_some();
     document.notes = notes(settings, quick);
+    // Idempotency keys go with the async runs only: the sync runs stay the lab's plain client.
+    let sync_settings = ExperimentSettings { idempotency: None, ..settings.clone() };
     for scenario in lab_scenarios(max_connections, quick) {
         for mode in ["sync", "async"] {
             if stop.is_cancelled() {
                 return Ok(document);
             }
+            let run_settings = if mode == "sync" { &sync_settings } else { settings };
             let request = RunRequest {
                 scenario: scenario.name.to_owned(),
                 mode: mode.to_owned(),
@@ -33,7 +38,7 @@ pub async fn compare(
                 watch_drain: scenario.watch_drain && mode == "async",
                 consumers: None,
             };
-            let outcome = experiment::run(settings, &request, stop).await?;
+            let outcome = experiment::run(run_settings, &request, stop).await?;
             document.runs.push(outcome.result);
         }
         let runs = &document.runs[document.runs.len() - 2..];
@@ -70,6 +75,9 @@ fn notes(settings: &ExperimentSettings, quick: bool) -> Vec<String> {
          already queue for it and some time out. Its flash-sale collapse is the lab's."
             .to_owned(),
     );
+    if let Some(policy) = settings.idempotency {
+        notes.push(format!("Async runs: {}. Sync runs send no keys.", policy.describe(settings.time_scale)));
+    }
     if quick {
         notes.push("Quick preset: every scenario shortened to 10 lab seconds (CI).".to_owned());
     }
@@ -138,6 +146,14 @@ pub fn render(document: &ResultsDocument) -> String {
         row("p95 ms", runs.map(|r| format!("{:.1}", r.latency.p95_ms)), latency(|l| l.p95_ms));
         row("p99 ms", runs.map(|r| format!("{:.1}", r.latency.p99_ms)), latency(|l| l.p99_ms));
         row("max ms", runs.map(|r| format!("{:.1}", r.latency.max_ms)), latency(|l| l.max_ms));
+        if runs.iter().any(|r| r.idempotency.is_some()) {
+            let keys = |pick: fn(&IdempotencyCounts) -> u64| {
+                runs.map(|r| r.idempotency.as_ref().map_or("".into(), |k| pick(k).to_string()))
+            };
+            row("retries", keys(|k| k.retries), [None, None]);
+            row("replays", keys(|k| k.replays), [None, None]);
+            row("duplicate orders created", keys(|k| k.duplicate_orders), [None, None]);
+        }
         row("throughput req/s", runs.map(|r| format!("{:.1}", r.throughput_per_s)), [None, None]);
         row("accepted/s", runs.map(|r| format!("{:.1}", r.accepted_per_s)), [None, None]);
         if async_run.schedule.is_some() {

@@ -7,6 +7,7 @@ use hyper::Method;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Target;
+use crate::idempotency::RetryPolicy;
 use crate::pipeline::{self, EmbeddedPipeline, PipelineConfig};
 use crate::probe::Probes;
 use crate::results::RunResult;
@@ -59,6 +60,9 @@ pub struct ExperimentSettings {
     pub sample_every: Duration,
     /// Draw live progress bars.
     pub progress: bool,
+    /// Send a fresh idempotency key with every order and retry with it as this policy says (in lab time:
+    /// time-scaled with the rest). `None`: plain requests, never retried.
+    pub idempotency: Option<RetryPolicy>,
 }
 
 /// One run to make: a scenario's load in lab time against one endpoint.
@@ -102,7 +106,13 @@ pub async fn run(
     let plan = |target: Target, consumers: usize, payment_latency: Duration| RunPlan {
         scenario: request.scenario.clone(),
         mode: request.mode.clone(),
-        spec: target.request(Method::POST, path, order_bodies(ORDER_BODIES, 42)),
+        spec: {
+            let spec = target.request(Method::POST, path, order_bodies(ORDER_BODIES, 42));
+            match settings.idempotency {
+                Some(policy) => spec.with_idempotency_keys(policy.time_scaled(scale)),
+                None => spec,
+            }
+        },
         target,
         model: scale.load(&request.lab_load),
         sample_every,

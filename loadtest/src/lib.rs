@@ -4,7 +4,8 @@
 //!   omission), late sends counted; [`closed_model`]: Locust-style users with spawn rate and wait range.
 //! - [`client`]: keep-alive HTTP/1.1 connections on hyper, one per lane, so the generator is never the
 //!   bottleneck.
-//! - [`recorder`]: HDR histograms and per-interval timelines; [`outcome`]: failure classes.
+//! - [`recorder`]: HDR histograms and per-interval timelines; [`outcome`]: failure classes;
+//!   [`idempotency`]: `Idempotency-Key` on every order and retries with the same key, when asked.
 //! - [`runner`]: one run with its sampler, queue/worker probes ([`probe`]), progress bar ([`progress`]) and
 //!   drain watch; [`results`]: the JSON schema (documented in `loadtest/RESULTS.md`) and CSV timelines;
 //!   [`report`]: the offline HTML report with SVG charts.
@@ -17,6 +18,7 @@ pub mod client;
 pub mod closed_model;
 pub mod compare;
 pub mod experiment;
+pub mod idempotency;
 pub mod open_model;
 pub mod outcome;
 pub mod pipeline;

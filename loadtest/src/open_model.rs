@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{Connection, RequestSpec, Target};
+use crate::idempotency;
 use crate::outcome::{FailureKind, Outcome};
 use crate::recorder::Recorder;
 
@@ -311,8 +312,14 @@ async fn lane(shared: Arc<Shared>, id: usize, mut connection: Connection) {
             shared.recorder.finished(id, lag, Outcome::Failed(FailureKind::NotSent), None);
         } else {
             shared.recorder.sent(id, Some(lag));
-            let outcome = connection.exchange(shared.spec.build(index), shared.timeout).await;
-            shared.recorder.finished(id, intended.elapsed(), outcome, Some(lag));
+            if let Some(policy) = shared.spec.idempotency() {
+                let keyed =
+                    idempotency::send(&mut connection, &shared.spec, index, shared.timeout, policy).await;
+                shared.recorder.finished_keyed(id, intended.elapsed(), &keyed, Some(lag));
+            } else {
+                let outcome = connection.exchange(shared.spec.build(index), shared.timeout).await;
+                shared.recorder.finished(id, intended.elapsed(), outcome, Some(lag));
+            }
         }
         if shared.answered.fetch_add(1, Ordering::AcqRel) + 1 == shared.schedule.total {
             // Stores a permit if the run is not waiting yet, so the last answer is never missed.

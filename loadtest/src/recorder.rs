@@ -11,6 +11,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::idempotency::{IdempotencyCounts, Keyed};
 use crate::outcome::{Outcome, OutcomeCounts};
 
 /// Highest value the histograms hold, in microseconds: an hour. Larger values are clamped to it.
@@ -42,6 +43,8 @@ pub struct Measurements {
     pub accepted_latency: Histogram<u64>,
     /// Scheduling lag: how long after its intended time each request was sent (open model only).
     pub lag: Histogram<u64>,
+    /// Retries, replays and duplicate orders of keyed requests (all zero without idempotency keys).
+    pub idempotency: IdempotencyCounts,
 }
 
 impl Default for Measurements {
@@ -53,6 +56,7 @@ impl Default for Measurements {
             latency: duration_histogram(),
             accepted_latency: duration_histogram(),
             lag: duration_histogram(),
+            idempotency: IdempotencyCounts::default(),
         }
     }
 }
@@ -67,6 +71,20 @@ impl Measurements {
         self.latency.add(&other.latency).expect("same bounds");
         self.accepted_latency.add(&other.accepted_latency).expect("same bounds");
         self.lag.add(&other.lag).expect("same bounds");
+        self.idempotency.merge(&other.idempotency);
+    }
+
+    /// One finished request.
+    #[inline]
+    fn record(&mut self, latency: Duration, outcome: Outcome, lag: Option<Duration>) {
+        self.outcomes.add(outcome);
+        record_duration(&mut self.latency, latency);
+        if outcome == Outcome::Accepted {
+            record_duration(&mut self.accepted_latency, latency);
+        }
+        if let Some(lag) = lag {
+            record_duration(&mut self.lag, lag);
+        }
     }
 
     fn reset(&mut self) {
@@ -76,6 +94,7 @@ impl Measurements {
         self.latency.reset();
         self.accepted_latency.reset();
         self.lag.reset();
+        self.idempotency = IdempotencyCounts::default();
     }
 }
 
@@ -126,14 +145,14 @@ impl Recorder {
     /// send in the closed model); `lag` is its scheduling lag, when it was sent with one.
     pub fn finished(&self, lane: usize, latency: Duration, outcome: Outcome, lag: Option<Duration>) {
         let mut data = self.shard(lane).finished.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        data.outcomes.add(outcome);
-        record_duration(&mut data.latency, latency);
-        if outcome == Outcome::Accepted {
-            record_duration(&mut data.accepted_latency, latency);
-        }
-        if let Some(lag) = lag {
-            record_duration(&mut data.lag, lag);
-        }
+        data.record(latency, outcome, lag);
+    }
+
+    /// A keyed request finished (see [`Recorder::finished`]); its latency covers all its attempts.
+    pub fn finished_keyed(&self, lane: usize, latency: Duration, keyed: &Keyed, lag: Option<Duration>) {
+        let mut data = self.shard(lane).finished.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        data.record(latency, keyed.outcome, lag);
+        data.idempotency.add(keyed);
     }
 
     /// Takes (and clears) everything recorded since the previous call.

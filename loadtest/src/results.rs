@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::idempotency::IdempotencyCounts;
 use crate::outcome::OutcomeCounts;
 use crate::probe::WorkerSnapshot;
 use crate::recorder::LatencySummary;
@@ -28,6 +29,10 @@ pub struct ResultsDocument {
     pub target: String,
     /// Time compression factor K: payment latency ÷ K, rates × K, durations ÷ K. 1 means real time.
     pub time_scale: f64,
+    /// Whether orders carried idempotency keys and were retried with them (`--idempotency-keys`); which runs
+    /// did says each run's `idempotency`. Absent in documents written before it existed, hence the default.
+    #[serde(default)]
+    pub idempotency_keys: bool,
     /// Plain-language notes about how to read the figures (time scale, drain caps, ...).
     pub notes: Vec<String>,
     /// Every load run, in the order they ran.
@@ -48,6 +53,7 @@ impl ResultsDocument {
             created_at: Utc::now(),
             target: target.to_owned(),
             time_scale,
+            idempotency_keys: false,
             notes: Vec::new(),
             runs: Vec::new(),
             comparisons: Vec::new(),
@@ -121,6 +127,10 @@ pub struct RunResult {
     pub latency: LatencySummary,
     /// Latency of accepted requests only.
     pub accepted_latency: LatencySummary,
+    /// Retries, replays and duplicate orders, when the run's requests carried idempotency keys (`None`
+    /// otherwise, and in documents written before keys existed).
+    #[serde(default)]
+    pub idempotency: Option<IdempotencyCounts>,
     /// Open model only: how well the generator kept its schedule.
     pub schedule: Option<ScheduleReport>,
     /// Queue depth and drain, when the queue could be observed.

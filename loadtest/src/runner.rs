@@ -265,6 +265,7 @@ pub async fn execute(plan: &RunPlan, probes: &Probes, stop: &CancellationToken) 
         accepted_per_s: outcomes.accepted as f64 / seconds,
         latency: LatencySummary::of(&totals.latency),
         accepted_latency: LatencySummary::of(&totals.accepted_latency),
+        idempotency: plan.spec.idempotency().map(|_| totals.idempotency),
         schedule,
         queue: queue_at_end.map(|at_end| {
             let (peak_backlog, peak_at_s) =

@@ -23,6 +23,7 @@ pub async fn scale(
 ) -> std::io::Result<ResultsDocument> {
     let k = settings.time_scale;
     let mut document = ResultsDocument::new("scale", &settings.environment.describe(), k.factor());
+    document.idempotency_keys = settings.idempotency.is_some();
     let flash = lab_scenarios(max_connections, quick)
         .into_iter()
         .find(|s| s.name == "flash-sale-open")
@@ -45,6 +46,9 @@ pub async fn scale(
         "Drains are watched for at most {} s real time, then extrapolated from the measured rate.",
         settings.drain_cap.as_secs()
     ));
+    if let Some(policy) = settings.idempotency {
+        document.notes.push(format!("Idempotency keys: {}.", policy.describe(k)));
+    }
     let offered = k.rate(lab_load.rate);
     let latency = k.duration(lab_latency);
     let min_consumers = (offered * latency.as_secs_f64()).ceil() as u64;

@@ -35,6 +35,7 @@ async fn quick_compare_reproduces_the_flash_sale_result_and_littles_law() {
         late_threshold: Duration::from_millis(1),
         sample_every: Duration::from_secs(1),
         progress: false,
+        idempotency: None,
     };
     let document =
         loadtest::compare::compare(&settings, 1024, true, &CancellationToken::new()).await.unwrap();
@@ -69,6 +70,8 @@ async fn quick_compare_reproduces_the_flash_sale_result_and_littles_law() {
         serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["schema"], loadtest::results::SCHEMA);
     assert_eq!(json["runs"].as_array().unwrap().len(), 6);
+    assert_eq!(json["idempotency_keys"], false, "the main job sends no keys");
+    assert!(json["runs"].as_array().unwrap().iter().all(|run| run["idempotency"].is_null()));
     let csv = std::fs::read_to_string(dir.join("flash-sale-open-async.csv")).unwrap();
     assert!(csv.starts_with("t_s,phase,users,sent,"), "{}", &csv[..80.min(csv.len())]);
     assert!(csv.lines().any(|line| line.contains(",drain,")), "the drain is in the timeline");

@@ -75,6 +75,7 @@ async fn a_run_request_uses_a_fresh_time_scaled_pipeline_with_its_own_consumers(
         late_threshold: Duration::from_millis(5),
         sample_every: Duration::from_secs(1),
         progress: false,
+        idempotency: None,
     };
     let request = RunRequest {
         scenario: "custom".into(),
