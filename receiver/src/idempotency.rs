@@ -162,35 +162,26 @@ pub(crate) async fn accept_async(
     admitted: OwnedSemaphorePermit,
 ) -> Response {
     let lock = state.config().publish_timeout + state.config().ledger_timeout * 2;
-    let (key, order_id, resumed) = match begin(&state, format!("async:{}", key.0), &request, lock).await {
-        Ok(taken) => taken,
-        Err(answer) => return answer,
-    };
-    let task = state.background().spawn({
-        let state = state.clone();
-        async move {
-            let _admitted = admitted;
-            let order = Order { order_id, ..Order::new(request) };
+    keyed(
+        state,
+        format!("async:{}", key.0),
+        request,
+        admitted,
+        lock,
+        |state, key, order, resumed| async move {
             match routes::place(&state, order, Placement::Keyed { resumed }).await {
                 Ok(accepted) => {
                     let body = serde_json::to_string(&accepted).expect("an answer always serializes");
                     store(&state, &key, StatusCode::ACCEPTED, body).await
                 }
                 Err(not_placed) => {
-                    let kept = if not_placed.may_be_processed {
-                        state.keys().unlock(&key).await
-                    } else {
-                        state.keys().forget(&key).await
-                    };
-                    if let Err(error) = kept {
-                        tracing::warn!(%error, "could not release an idempotency key; it frees itself when its lock lapses");
-                    }
+                    release(&state, &key, not_placed.may_be_processed).await;
                     not_placed.error.into_response()
                 }
             }
-        }
-    });
-    task.await.unwrap_or_else(|_| internal("the order's task stopped"))
+        },
+    )
+    .await
 }
 
 /// `POST /orders/sync` with a key: pay under the key's order id, store the 200 or 402; 504 and 503 charged
@@ -202,7 +193,39 @@ pub(crate) async fn pay_sync(
     admitted: OwnedSemaphorePermit,
 ) -> Response {
     let lock = state.config().sync_timeout + state.config().payment.latency;
-    let (key, order_id, _) = match begin(&state, format!("sync:{}", key.0), &request, lock).await {
+    keyed(state, format!("sync:{}", key.0), request, admitted, lock, |state, key, order, _| async move {
+        match routes::charge_sync(&state, order).await {
+            Ok(completed) => {
+                let body = serde_json::to_string(&completed).expect("an answer always serializes");
+                store(&state, &key, StatusCode::OK, body).await
+            }
+            Err(declined) if declined.status == StatusCode::PAYMENT_REQUIRED => {
+                store(&state, &key, declined.status, declined.json_body()).await
+            }
+            Err(error) => {
+                release(&state, &key, false).await;
+                error.into_response()
+            }
+        }
+    })
+    .await
+}
+
+/// Takes `key` (or answers for it), then runs `work` on the order under the key's order id, on a task of its
+/// own that holds the admission permit: a client that goes away leaves the key completed or released.
+async fn keyed<Work, Done>(
+    state: AppState,
+    key: String,
+    request: OrderRequest,
+    admitted: OwnedSemaphorePermit,
+    lock: Duration,
+    work: Work,
+) -> Response
+where
+    Work: FnOnce(AppState, String, Order, bool) -> Done + Send + 'static,
+    Done: Future<Output = Response> + Send + 'static,
+{
+    let (key, order_id, resumed) = match begin(&state, key, &request, lock).await {
         Ok(taken) => taken,
         Err(answer) => return answer,
     };
@@ -210,25 +233,20 @@ pub(crate) async fn pay_sync(
         let state = state.clone();
         async move {
             let _admitted = admitted;
-            let order = Order { order_id, ..Order::new(request) };
-            match routes::charge_sync(&state, order).await {
-                Ok(completed) => {
-                    let body = serde_json::to_string(&completed).expect("an answer always serializes");
-                    store(&state, &key, StatusCode::OK, body).await
-                }
-                Err(declined) if declined.status == StatusCode::PAYMENT_REQUIRED => {
-                    store(&state, &key, declined.status, declined.json_body()).await
-                }
-                Err(error) => {
-                    if let Err(error) = state.keys().forget(&key).await {
-                        tracing::warn!(%error, "could not release an idempotency key; it frees itself when its lock lapses");
-                    }
-                    error.into_response()
-                }
-            }
+            work(state, key, Order { order_id, ..Order::new(request) }, resumed).await
         }
     });
-    task.await.unwrap_or_else(|_| internal("the payment's task stopped"))
+    task.await.unwrap_or_else(|_| internal("a keyed request's task stopped"))
+}
+
+/// Lets go of a key whose request stored no answer: unlocked with its order id kept if the order may still be
+/// processed, forgotten otherwise. If the store cannot be reached the lock lapses by itself.
+async fn release(state: &AppState, key: &str, may_be_processed: bool) {
+    let released =
+        if may_be_processed { state.keys().unlock(key).await } else { state.keys().forget(key).await };
+    if let Err(error) = released {
+        tracing::warn!(%error, "could not release an idempotency key; it frees itself when its lock lapses");
+    }
 }
 
 /// Stores the answer under the key and sends it. If it cannot be stored the answer still goes out; the key

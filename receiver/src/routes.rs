@@ -17,6 +17,7 @@ use orders::{
     WireMessage,
 };
 use serde::Serialize;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -55,18 +56,7 @@ pub(crate) struct Completed {
 /// has acknowledged the order. See the crate docs for what each failure leaves behind. With an
 /// `Idempotency-Key`, [`idempotency::accept_async`] takes over once the body is valid.
 pub(crate) async fn accept_async(State(state): State<AppState>, request: Request) -> Response {
-    let key = match IdempotencyKey::from_headers(request.headers()) {
-        Ok(key) => key,
-        Err(error) => return error.into_response(),
-    };
-    let counters = state.counters();
-    let admitted = async {
-        let admitted = state.admit(Endpoint::Async)?;
-        let order = read_order(request).await.inspect_err(|_| count(&counters.async_invalid))?;
-        Ok::<_, ApiError>((admitted, order))
-    }
-    .await;
-    let (admitted, order) = match admitted {
+    let (key, admitted, order) = match admit(&state, Endpoint::Async, request).await {
         Ok(admitted) => admitted,
         Err(error) => return error.into_response(),
     };
@@ -81,6 +71,23 @@ pub(crate) async fn accept_async(State(state): State<AppState>, request: Request
             }
         }
     }
+}
+
+/// What both order endpoints do first: check the `Idempotency-Key` (400 if malformed), take an admission
+/// permit (503 at the limit), read and validate the order (counted as invalid if it is not).
+async fn admit(
+    state: &AppState,
+    endpoint: Endpoint,
+    request: Request,
+) -> Result<(Option<IdempotencyKey>, OwnedSemaphorePermit, OrderRequest), ApiError> {
+    let key = IdempotencyKey::from_headers(request.headers())?;
+    let admitted = state.admit(endpoint)?;
+    let invalid = match endpoint {
+        Endpoint::Async => &state.counters().async_invalid,
+        Endpoint::Sync => &state.counters().sync_invalid,
+    };
+    let order = read_order(request).await.inspect_err(|_| count(invalid))?;
+    Ok((key, admitted, order))
 }
 
 /// Whether a placement is retried under an idempotency key, which decides what a failure leaves behind.
@@ -251,18 +258,7 @@ pub(crate) async fn get_order(State(state): State<AppState>, request: Request) -
 /// `POST /orders/sync`: validate, wait for the process-wide payment gate (up to the sync timeout), pay, answer.
 /// With an `Idempotency-Key`, [`idempotency::pay_sync`] takes over once the body is valid.
 pub(crate) async fn pay_sync(State(state): State<AppState>, request: Request) -> Response {
-    let key = match IdempotencyKey::from_headers(request.headers()) {
-        Ok(key) => key,
-        Err(error) => return error.into_response(),
-    };
-    let counters = state.counters();
-    let admitted = async {
-        let admitted = state.admit(Endpoint::Sync)?;
-        let order = read_order(request).await.inspect_err(|_| count(&counters.sync_invalid))?;
-        Ok::<_, ApiError>((admitted, order))
-    }
-    .await;
-    let (admitted, order) = match admitted {
+    let (key, admitted, order) = match admit(&state, Endpoint::Sync, request).await {
         Ok(admitted) => admitted,
         Err(error) => return error.into_response(),
     };
