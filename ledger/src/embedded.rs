@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +33,8 @@ pub struct EmbeddedLedger {
     shards: Box<[Mutex<Shard>]>,
     retention: Duration,
     clock: Clock,
+    /// Whether [`EmbeddedLedger::fail_with`] set an error: one atomic load per call when it did not.
+    failing: AtomicBool,
     failure: Mutex<Option<LedgerError>>,
     keys: Mutex<Keys>,
 }
@@ -99,6 +102,7 @@ impl EmbeddedLedger {
                 .collect(),
             retention,
             clock: Clock { wall: Utc::now(), origin: tokio::time::Instant::now() },
+            failing: AtomicBool::new(false),
             failure: Mutex::new(None),
             keys: Mutex::new(Keys { sweep_at: FIRST_SWEEP, ..Keys::default() }),
         }
@@ -111,7 +115,9 @@ impl EmbeddedLedger {
 
     /// Makes every call fail with `error` until called with `None`: an outage or throttling of the store.
     pub fn fail_with(&self, error: Option<LedgerError>) {
-        *lock(&self.failure) = error;
+        let mut failure = lock(&self.failure);
+        self.failing.store(error.is_some(), Ordering::Release);
+        *failure = error;
     }
 
     /// Every live record, for tests and experiments (a scan: never on a request path).
@@ -140,6 +146,9 @@ impl EmbeddedLedger {
     }
 
     fn check_failure(&self) -> Result<(), LedgerError> {
+        if !self.failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &*lock(&self.failure) {
             Some(error) => Err(error.clone()),
             None => Ok(()),
@@ -191,7 +200,10 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn get(&self, order_id: Uuid) -> Result<Option<OrderRecord>, LedgerError> {
-        self.with_record(order_id, |record, _| record.clone())
+        self.check_failure()?;
+        let now = self.now();
+        let shard = lock(&self.shards[shard_of(order_id)]);
+        Ok(shard.records.get(&order_id).filter(|record| record.expires_at > now).cloned())
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, LedgerError> {
