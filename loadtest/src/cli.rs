@@ -462,7 +462,8 @@ async fn up(args: UpArgs, stop: &CancellationToken) -> anyhow::Result<()> {
         config.consumers, config.payment_latency
     );
     println!(
-        "  receiver: {receiver}   (POST /orders/async, POST /orders/sync, GET /stats, /metrics, /health)"
+        "  receiver: {receiver}   (POST /orders/async, POST /orders/sync, GET /orders/{{id}}, GET /stats, /metrics, \
+         /health)"
     );
     if let Some(worker) = pipeline.worker_http {
         println!("  worker:   http://{worker}   (GET /stats, /metrics, /health)");
@@ -470,6 +471,9 @@ async fn up(args: UpArgs, stop: &CancellationToken) -> anyhow::Result<()> {
     println!(
         "  try: curl -s -XPOST {receiver}/orders/async -H 'content-type: application/json' \\\n        \
          -d '{{\"customer_id\":1234,\"items\":[{{\"product_id\":\"PROD-001\",\"quantity\":2,\"price\":49.99}}]}}'"
+    );
+    println!(
+        "  then: curl -s {receiver}/orders/<order_id from the answer>   (its status, attempts and charges)"
     );
     println!("Ctrl-C stops it.");
     stop.cancelled().await;
