@@ -157,15 +157,15 @@ impl DynamoLedger {
         }
     }
 
-    /// PutItem of a whole record, unless a live item holds the key. `Ok(Err(item))`: the live item there.
-    async fn put_if_absent(&self, record: &OrderRecord, now: DateTime<Utc>) -> Result<Written, LedgerError> {
+    /// PutItem of a whole item, unless a live item holds its key. `Ok(Err(item))`: the live item there.
+    async fn put_if_absent(&self, item: Item, now: DateTime<Utc>) -> Result<Written, LedgerError> {
         let call = self.call("dynamodb:PutItem");
         let condition = format!("attribute_not_exists(#{ORDER_ID}) OR #{EXPIRES_AT} <= :now_s");
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(to_item(record)))
+            .set_item(Some(item))
             .condition_expression(&condition)
             .set_expression_attribute_names(Some(attribute_names(&[&condition])))
             .expression_attribute_values(":now_s", epoch_s(now))
@@ -201,7 +201,7 @@ impl DynamoLedger {
         record.attempts = 1;
         record.worker = Some(request.worker.clone());
         record.lease_expires_at = Some(expiry(now, request.lease));
-        match self.put_if_absent(&record, now).await? {
+        match self.put_if_absent(to_item(&record), now).await? {
             Ok(_) => {
                 // Read back as stored, so the record has the store's precision (expiry in whole seconds).
                 let record = from_item(&to_item(&record))?;
@@ -232,7 +232,7 @@ impl Ledger for DynamoLedger {
     async fn create(&self, order: &NewOrder) -> Result<bool, LedgerError> {
         let now = Utc::now();
         let record = OrderRecord::pending(order, now, self.retention);
-        let created = self.put_if_absent(&record, now).await?.is_ok();
+        let created = self.put_if_absent(to_item(&record), now).await?.is_ok();
         if !created {
             tracing::debug!(order_id = %order.order_id, "create: a record exists already");
         }

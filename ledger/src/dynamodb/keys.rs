@@ -10,15 +10,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::{
-    DynamoLedger, EXPIRES_AT, Item, ORDER_ID, Reader, Write, attribute_names, epoch_ms, epoch_s, n, s,
-};
+use super::{DynamoLedger, EXPIRES_AT, Item, ORDER_ID, Reader, Write, epoch_ms, epoch_s, n, s};
 use crate::idempotency::{IdempotencyKeys, KeyBegin, KeyRequest, StoredResponse};
 use crate::{LedgerError, expiry};
 
@@ -52,31 +48,11 @@ impl DynamoLedger {
         ]
         .into_iter()
         .collect();
-        let condition = format!("attribute_not_exists(#{ORDER_ID}) OR #{EXPIRES_AT} <= :now_s");
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression(&condition)
-            .set_expression_attribute_names(Some(attribute_names(&[&condition])))
-            .expression_attribute_values(":now_s", epoch_s(now))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
+        match self.put_if_absent(item, now).await? {
             Ok(_) => Ok(KeyBegin::Proceed { order_id: request.order_id, resumed: false }),
-            Err(SdkError::ServiceError(service)) if service.err().is_conditional_check_failed_exception() => {
-                let PutItemError::ConditionalCheckFailedException(failed) = service.into_err() else {
-                    unreachable!("checked above")
-                };
-                // A live item took its place meanwhile: answer as if it had been there all along.
-                match failed.item {
-                    Some(item) => refused(&item, request),
-                    None => Ok(KeyBegin::InFlight),
-                }
-            }
-            Err(error) => Err(super::from_sdk_error(&error, self.call("dynamodb:PutItem"))),
+            // A live item took its place meanwhile: answer as if it had been there all along.
+            Err(Some(item)) => refused(&item, request),
+            Err(None) => Ok(KeyBegin::InFlight),
         }
     }
 }
