@@ -68,7 +68,7 @@ if MODE not in ("sync", "async"):
 
 USERS, SPAWN_RATE, RUN_TIME, WAIT = SCENARIOS[SCENARIO]
 
-# Keyed requests' retries, as loadtest's (loadtest/src/idempotency.rs): attempts per order, the first included;
+# Keyed requests' retries, as loadtest's (loadgen/src/idempotency.rs): attempts per order, the first included;
 # the first retry's backoff ceiling, doubled per retry up to the highest; the longest Retry-After honoured.
 MAX_ATTEMPTS = 5
 BASE_BACKOFF = 0.1

@@ -13,12 +13,12 @@
 //! Both handles are cheap to clone (an `Arc` inside) and can fail on demand ([`EmbeddedQueue::inject_failure`],
 //! [`EmbeddedTopic::inject_failure`]) so other crates can test their behaviour under broker errors.
 
-use std::time::Duration;
-
 mod queue;
 mod topic;
 
 pub use queue::{EmbeddedQueue, QueueConfig, Redrive};
+
+use crate::QueueSettings;
 pub use topic::{Delivery, EmbeddedTopic};
 
 /// The topic's name in an [`EmbeddedStack`], as `terraform/` names it.
@@ -28,32 +28,8 @@ pub const STACK_QUEUE_NAME: &str = "orders";
 /// The dead-letter queue's name in an [`EmbeddedStack`], as `terraform/` names it.
 pub const STACK_DEAD_LETTER_NAME: &str = "orders-dlq";
 
-/// Settings of an [`EmbeddedStack`]; the defaults are the production settings in `terraform/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StackConfig {
-    /// How long a received order stays invisible before another consumer may take it (SQS default 30 s). It
-    /// must exceed the time to process one order, or orders are processed twice.
-    pub visibility_timeout: Duration,
-    /// How many receives an order gets before it is moved to the dead-letter queue (5): enough to ride out
-    /// transient failures, few enough that a poison message does not cycle for long.
-    pub max_receive_count: u32,
-    /// How long an unprocessed order is kept (4 days, the SQS default).
-    pub retention: Duration,
-    /// How long a dead-lettered order is kept (14 days, the SQS maximum). Longer than `retention` because a
-    /// moved message keeps its original enqueue time, and an operator needs time to look at it.
-    pub dead_letter_retention: Duration,
-}
-
-impl Default for StackConfig {
-    fn default() -> Self {
-        Self {
-            visibility_timeout: Duration::from_secs(30),
-            max_receive_count: 5,
-            retention: Duration::from_secs(4 * 24 * 60 * 60),
-            dead_letter_retention: Duration::from_secs(14 * 24 * 60 * 60),
-        }
-    }
-}
+/// Settings of an [`EmbeddedStack`]: the production queue settings, [`QueueSettings`].
+pub type StackConfig = QueueSettings;
 
 /// Exactly what `terraform/` builds: a topic, a raw subscription to the orders queue, and redrive from that
 /// queue to a dead-letter queue after `max_receive_count` receives.

@@ -29,6 +29,34 @@ pub const MAX_BATCH_ENTRIES: usize = 10;
 /// The largest message body plus attributes that SNS and SQS accept: 256 KiB.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
+/// The orders queue's settings as `terraform/` deploys them, defined once: the embedded stack runs with them,
+/// `aws::provision` creates them on an emulator, and the worker's defaults assume them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// How long a received order stays invisible before another consumer may take it (SQS default 30 s). It
+    /// must exceed the time to process one order, or orders are processed twice.
+    pub visibility_timeout: Duration,
+    /// How many receives an order gets before it is moved to the dead-letter queue (5): enough to ride out
+    /// transient failures, few enough that a poison message does not cycle for long.
+    pub max_receive_count: u32,
+    /// How long an unprocessed order is kept (4 days, the SQS default: a long weekend of worker outage).
+    pub retention: Duration,
+    /// How long a dead-lettered order is kept (14 days, the SQS maximum). Longer than `retention` because a
+    /// moved message keeps its original enqueue time, and an operator needs time to look at it.
+    pub dead_letter_retention: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            visibility_timeout: Duration::from_secs(30),
+            max_receive_count: 5,
+            retention: Duration::from_secs(4 * 24 * 60 * 60),
+            dead_letter_retention: Duration::from_secs(14 * 24 * 60 * 60),
+        }
+    }
+}
+
 /// SQS caps a long poll at 20 seconds.
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
 
@@ -157,15 +185,19 @@ pub enum BusError {
     /// The broker did not answer in time; the operation may or may not have taken effect.
     #[error("broker call timed out")]
     Timeout,
-    /// A passing failure (throttling, 5xx, connection reset): retrying later can succeed.
+    /// A passing failure the broker reported (throttling, 5xx), or a connection that failed on the way to it:
+    /// retrying later can succeed.
     #[error("transient broker error {code}: {message}")]
     Transient {
-        /// The broker's error code (e.g. AWS `ThrottlingException`), kept for logs and metrics.
+        /// The broker's error code (e.g. AWS `ThrottlingException`), kept for logs and metrics; when the broker
+        /// could not be reached or its answer could not be read, the SDK's name for that (`DispatchFailure`,
+        /// `ResponseError`).
         code: String,
         /// What the broker said.
         message: String,
     },
-    /// A failure that retrying will not fix (access denied, missing queue): an operator must act.
+    /// A failure the broker reported that retrying will not fix (access denied, missing queue): an operator
+    /// must act.
     #[error("broker refused {code}: {message}")]
     Fatal {
         /// The broker's error code (e.g. AWS `AccessDenied`), kept for logs and metrics.
@@ -173,12 +205,36 @@ pub enum BusError {
         /// What the broker said, and what to do about it.
         message: String,
     },
+    /// The broker answered, but its answer did not account for everything asked: an entry of a batch call is in
+    /// neither its successful nor its failed list, a batch came back with a different number of results than
+    /// entries, or a field the port needs (a message id, a queue attribute, a URL) is missing.
+    ///
+    /// Whether the request took effect is unknown (an unanswered publish may have been published). Retryable:
+    /// asking again can get a whole answer, at the cost of a possible duplicate, which at-least-once consumers
+    /// handle anyway.
+    #[error("the broker's answer was incomplete: {0}")]
+    IncompleteResponse(String),
+    /// The sender the entry was handed to (a caller's batcher) stopped before making the call that would carry
+    /// it: the broker never saw the entry. Happens only while a service shuts down or is killed.
+    ///
+    /// Retryable in the sense of [`BusError::is_retryable`]: nothing happened, so the same request can succeed
+    /// later through a sender that runs. The stopping sender itself does not retry it; a delete or visibility
+    /// change left undone is made good by the queue, which shows the message again after its visibility timeout.
+    #[error("not sent: the sender stopped before calling the broker")]
+    StoppedBeforeSending,
 }
 
 impl BusError {
-    /// Whether the same call may succeed if tried again later.
+    /// Whether the same call may succeed if tried again later: a timeout, a transient broker error, an
+    /// incomplete answer, or an entry whose sender stopped before sending it.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, BusError::Timeout | BusError::Transient { .. })
+        matches!(
+            self,
+            BusError::Timeout
+                | BusError::Transient { .. }
+                | BusError::IncompleteResponse(_)
+                | BusError::StoppedBeforeSending
+        )
     }
 }
 
@@ -196,6 +252,10 @@ pub trait Publisher: Send + Sync + 'static {
 
     /// Publishes 1 to [`MAX_BATCH_ENTRIES`] messages in one call. The outer error means the whole call failed;
     /// otherwise the result has one entry per message, in order, each succeeding or failing on its own.
+    ///
+    /// Adapters send each entry once: an entry that failed retryably ([`BusError::is_retryable`]) is the
+    /// caller's to send again, so that a caller's retry budget is the real one. (An SDK below an adapter may
+    /// still repeat a whole call that failed; see [`aws`].)
     async fn publish_batch(
         &self,
         messages: Vec<OutgoingMessage>,
@@ -210,10 +270,12 @@ pub trait Consumer: Send + Sync + 'static {
     /// invisible for the queue's visibility timeout.
     async fn receive(&self, max_messages: usize, wait: Duration) -> Result<Vec<ReceivedMessage>, BusError>;
 
-    /// Deletes 1 to [`MAX_BATCH_ENTRIES`] deliveries; one result per handle, in order.
+    /// Deletes 1 to [`MAX_BATCH_ENTRIES`] deliveries; one result per handle, in order. Like every batch call of
+    /// the port, each entry is sent once (see [`Publisher::publish_batch`]).
     async fn delete_batch(&self, handles: Vec<ReceiptHandle>) -> Result<Vec<EntryResult<()>>, BusError>;
 
-    /// Changes the visibility of 1 to [`MAX_BATCH_ENTRIES`] deliveries; one result per entry, in order.
+    /// Changes the visibility of 1 to [`MAX_BATCH_ENTRIES`] deliveries; one result per entry, in order, each
+    /// entry sent once.
     async fn change_visibility_batch(
         &self,
         changes: Vec<VisibilityChange>,
@@ -243,14 +305,38 @@ pub trait Consumer: Send + Sync + 'static {
 fn single<T>(mut results: Vec<EntryResult<T>>) -> Result<T, BusError> {
     match (results.pop(), results.is_empty()) {
         (Some(result), true) => result,
-        _ => Err(BusError::Transient {
-            code: "InternalError".into(),
-            message: "broker answered a one-entry batch with a different number of results".into(),
-        }),
+        _ => Err(BusError::IncompleteResponse(
+            "a one-entry batch came back with a different number of results".into(),
+        )),
     }
 }
 
 /// Checks a batch's entry count against SQS/SNS limits, before any call is made.
 pub fn check_batch_size(len: usize) -> Result<(), BusError> {
     if (1..=MAX_BATCH_ENTRIES).contains(&len) { Ok(()) } else { Err(BusError::InvalidBatchSize { len }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_one_entry_batch_must_come_back_with_one_result() {
+        assert_eq!(single(vec![Ok(7)]), Ok(7));
+        for results in [vec![], vec![Ok(1), Ok(2)]] {
+            let error = single(results).unwrap_err();
+            assert!(matches!(error, BusError::IncompleteResponse(_)), "{error:?}");
+            assert!(error.is_retryable());
+        }
+    }
+
+    #[test]
+    fn local_conditions_keep_their_retry_decision() {
+        assert!(BusError::StoppedBeforeSending.is_retryable());
+        assert!(BusError::IncompleteResponse("entry 3 unanswered".into()).is_retryable());
+        assert!(BusError::Timeout.is_retryable());
+        assert!(BusError::Transient { code: "Throttling".into(), message: String::new() }.is_retryable());
+        assert!(!BusError::Fatal { code: "AccessDenied".into(), message: String::new() }.is_retryable());
+        assert!(!BusError::ReceiptHandleInvalid("stale".into()).is_retryable());
+    }
 }

@@ -1,25 +1,18 @@
 //! The command line: `up`, `run`, `compare`, `scale` and `infra`, every flag also read from an environment
-//! variable. `main.rs` only parses and calls [`execute`].
+//! variable. The clap types and the dispatch to [`crate::commands`]; `main.rs` only parses and calls
+//! [`execute`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use loadgen::closed_model::WaitRange;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Target;
-use crate::closed_model::{ClosedLoad, WaitRange};
-use crate::experiment::{self, Environment, ExperimentSettings, RunRequest};
-use crate::idempotency::RetryPolicy;
-use crate::open_model::OpenLoad;
-use crate::pipeline::{EmbeddedPipeline, PipelineConfig};
-use crate::probe::{Probes, WorkerUrl};
-use crate::results::{ResultsDocument, write_all};
-use crate::runner::LoadModel;
-use crate::scenario::TimeScale;
+use crate::commands;
+use crate::pipeline::PipelineConfig;
+use crate::render;
 
 /// Load generator and the sync-vs-async order-pipeline experiment.
 ///
@@ -38,17 +31,8 @@ pub struct Cli {
     #[arg(long, env = "LOADTEST_NO_PROGRESS", global = true)]
     pub no_progress: bool,
     /// Log format on stderr: text or json.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
-    pub log_format: LogFormat,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = service_shell::LogFormat::Text, global = true)]
+    pub log_format: service_shell::LogFormat,
 }
 
 /// The commands.
@@ -82,58 +66,35 @@ pub struct TargetArgs {
 }
 
 /// The pipeline's settings: used to build the embedded pipeline, and with --target as the deployed stack's
-/// settings for Little's-law predictions. Lab time (a time scale divides them).
+/// settings for Little's-law predictions. Lab time (a time scale divides them). The same flags, environment
+/// variables and defaults as the worker and receiver binaries.
 #[derive(Debug, Clone, Args)]
 pub struct PipelineArgs {
-    /// Worker consumers (orders processed at once).
-    #[arg(long, env = "WORKER_CONSUMERS", default_value_t = 1)]
-    pub consumers: usize,
-    /// Simulated payment time per order.
-    #[arg(long, env = "PAYMENT_LATENCY", default_value = "3s", value_parser = humantime::parse_duration)]
-    pub payment_latency: Duration,
-    /// Share of payments declined (0 to 1).
-    #[arg(long, env = "DECLINE_RATE", default_value_t = 0.05)]
-    pub decline_rate: f64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub gate: worker::GateArgs,
+    /// The simulated payment processor of the worker's gates and the sync endpoint's one-slot gate.
+    #[command(flatten)]
+    pub payment: orders::PaymentConfig,
     /// How long the sync endpoint waits for the payment slot before answering 504.
-    #[arg(long, env = "SYNC_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(
+        long,
+        env = "SYNC_TIMEOUT",
+        default_value = service_shell::defaults::duration(receiver::Config::default().sync_timeout),
+        value_parser = humantime::parse_duration,
+    )]
     pub sync_timeout: Duration,
-    /// per-consumer: each consumer has its own one-slot payment gate (throughput N ÷ latency). shared: all
-    /// consumers share one gate of --gate-slots slots (throughput capped at slots ÷ latency).
-    #[arg(long, env = "GATE_MODE", default_value = "per-consumer")]
-    pub gate_mode: GateModeArg,
-    /// Slots of the shared gate (with --gate-mode shared).
-    #[arg(long, env = "GATE_SLOTS", default_value_t = 1)]
-    pub gate_slots: usize,
-}
-
-/// Payment gate arrangement of the worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum GateModeArg {
-    /// One single-slot gate per consumer.
-    PerConsumer,
-    /// One gate shared by all consumers.
-    Shared,
 }
 
 impl PipelineArgs {
-    fn config(&self) -> anyhow::Result<PipelineConfig> {
-        if !(0.0..=1.0).contains(&self.decline_rate) {
-            bail!("--decline-rate must be between 0 and 1");
-        }
-        if self.consumers == 0 {
-            bail!("--consumers must be at least 1");
-        }
-        Ok(PipelineConfig {
-            consumers: self.consumers,
-            gate_mode: match self.gate_mode {
-                GateModeArg::PerConsumer => worker::GateMode::PerConsumer,
-                GateModeArg::Shared => worker::GateMode::Shared { slots: self.gate_slots.max(1) },
-            },
-            payment_latency: self.payment_latency,
-            decline_rate: self.decline_rate,
+    fn config(&self) -> PipelineConfig {
+        PipelineConfig {
+            consumers: self.gate.consumers as usize,
+            gate_mode: self.gate.gate_mode(),
+            payment: self.payment.clone(),
             sync_timeout: self.sync_timeout,
             ..PipelineConfig::default()
-        })
+        }
     }
 }
 
@@ -360,26 +321,30 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     }
     let progress = !cli.no_progress;
     match cli.command {
-        Command::Up(args) => up(args, &stop).await,
+        Command::Up(args) => {
+            let config = args.pipeline.config();
+            commands::up::up(&args, config, &stop).await
+        }
         Command::Run(args) => {
-            let document = run(args, progress, &stop).await?;
-            println!("{}", render_runs(&document));
-            save(&cli.results_dir, &document)
+            let config = args.pipeline.config();
+            let document = commands::run::run(args, config, progress, &stop).await?;
+            println!("{}", render::text::runs(&document));
+            commands::save(&cli.results_dir, &document)
         }
         Command::Compare(args) => {
-            let environment = environment(&args.target, &args.pipeline).await?;
-            let scale = time_scale(args.time_scale, args.quick, &environment)?;
-            let settings = settings(environment, scale, &args.load, progress);
+            let environment = commands::environment(&args.target, args.pipeline.config()).await?;
+            let scale = commands::time_scale(args.time_scale, args.quick, &environment)?;
+            let settings = commands::settings(environment, scale, &args.load, progress);
             let document =
-                crate::compare::compare(&settings, args.load.max_connections, args.quick, &stop).await?;
-            println!("{}", crate::compare::render(&document));
-            save(&cli.results_dir, &document)
+                commands::compare::compare(&settings, args.load.max_connections, args.quick, &stop).await?;
+            println!("{}", render::text::comparison(&document));
+            commands::save(&cli.results_dir, &document)
         }
         Command::Scale(args) => {
-            let environment = environment(&args.target, &args.pipeline).await?;
-            let scale = time_scale(args.time_scale, args.quick, &environment)?;
-            let settings = settings(environment, scale, &args.load, progress);
-            let document = crate::scale::scale(
+            let environment = commands::environment(&args.target, args.pipeline.config()).await?;
+            let scale = commands::time_scale(args.time_scale, args.quick, &environment)?;
+            let settings = commands::settings(environment, scale, &args.load, progress);
+            let document = commands::scale::scale(
                 &settings,
                 &args.consumers_list,
                 args.load.max_connections,
@@ -387,244 +352,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 &stop,
             )
             .await?;
-            println!("{}", crate::scale::render(&document));
-            save(&cli.results_dir, &document)
+            println!("{}", render::text::scaling(&document));
+            commands::save(&cli.results_dir, &document)
         }
-        Command::Infra(args) => infra(args).await,
+        Command::Infra(args) => commands::infra::infra(args).await,
     }
-}
-
-fn settings(
-    environment: Environment,
-    time_scale: TimeScale,
-    load: &LoadArgs,
-    progress: bool,
-) -> ExperimentSettings {
-    ExperimentSettings {
-        environment,
-        time_scale,
-        drain_cap: load.drain_cap,
-        late_threshold: load.late_threshold,
-        sample_every: Duration::from_secs(1),
-        progress,
-        idempotency: load.idempotency_keys.then(RetryPolicy::default),
-    }
-}
-
-/// The default time scale: 60 embedded (100 with --quick), 1 against a deployed stack, which cannot be
-/// compressed.
-fn time_scale(asked: Option<f64>, quick: bool, environment: &Environment) -> anyhow::Result<TimeScale> {
-    match (environment, asked) {
-        (Environment::Deployed { .. }, Some(k)) if k != 1.0 => {
-            bail!(
-                "--time-scale applies to the embedded pipeline only: a deployed stack runs on its own clock"
-            )
-        }
-        (Environment::Deployed { .. }, _) => Ok(TimeScale::REAL),
-        (Environment::Embedded(_), Some(k)) if !(k >= 1.0 && k.is_finite()) => {
-            bail!("--time-scale must be ≥ 1")
-        }
-        (Environment::Embedded(_), Some(k)) => Ok(TimeScale::new(k)),
-        (Environment::Embedded(_), None) => Ok(TimeScale::new(if quick { 100.0 } else { 60.0 })),
-    }
-}
-
-async fn environment(target: &TargetArgs, pipeline: &PipelineArgs) -> anyhow::Result<Environment> {
-    let config = pipeline.config()?;
-    let Some(url) = &target.target else { return Ok(Environment::Embedded(config)) };
-    let resolved = Target::resolve(url).await?;
-    let mut probes = Probes::default();
-    if let Some(queue_url) = &target.queue_url {
-        let sdk = bus::aws::config_from_env().await;
-        probes.queue = Some(Arc::new(bus::aws::AwsConsumer::new(&sdk, queue_url.clone())));
-    }
-    if let Some(worker_url) = &target.worker_url {
-        probes.worker = Some(Arc::new(WorkerUrl::new(&Target::resolve(worker_url).await?)));
-    }
-    Ok(Environment::Deployed {
-        target: resolved,
-        probes,
-        consumers: config.consumers,
-        payment_latency: config.payment_latency,
-    })
-}
-
-async fn up(args: UpArgs, stop: &CancellationToken) -> anyhow::Result<()> {
-    let config = PipelineConfig {
-        receiver_port: args.port,
-        worker_port: Some(args.worker_port),
-        ..args.pipeline.config()?
-    };
-    let pipeline = EmbeddedPipeline::start(&config).await.context("starting the embedded pipeline")?;
-    let receiver = format!("http://{}", pipeline.receiver);
-    println!(
-        "orderflow is up on the embedded bus ({} consumer(s), {:?} payments).",
-        config.consumers, config.payment_latency
-    );
-    println!(
-        "  receiver: {receiver}   (POST /orders/async, POST /orders/sync, GET /orders/{{id}}, GET /stats, /metrics, \
-         /health)"
-    );
-    if let Some(worker) = pipeline.worker_http {
-        println!("  worker:   http://{worker}   (GET /stats, /metrics, /health)");
-    }
-    println!(
-        "  try: curl -s -XPOST {receiver}/orders/async -H 'content-type: application/json' \\\n        \
-         -d '{{\"customer_id\":1234,\"items\":[{{\"product_id\":\"PROD-001\",\"quantity\":2,\"price\":49.99}}]}}'"
-    );
-    println!(
-        "  then: curl -s {receiver}/orders/<order_id from the answer>   (its status, attempts and charges)"
-    );
-    println!("Ctrl-C stops it.");
-    stop.cancelled().await;
-    pipeline.shutdown().await;
-    Ok(())
-}
-
-async fn run(args: RunArgs, progress: bool, stop: &CancellationToken) -> anyhow::Result<ResultsDocument> {
-    let model = match (args.rate, args.users) {
-        (Some(Rate(rate)), None) => LoadModel::Open(OpenLoad {
-            rate,
-            duration: args.duration,
-            max_connections: args.load.max_connections,
-            timeout: args.timeout,
-        }),
-        (None, Some(users)) => LoadModel::Closed(ClosedLoad {
-            users,
-            spawn_rate: args.spawn_rate,
-            wait: args.wait.0,
-            duration: args.duration,
-            timeout: args.timeout,
-        }),
-        _ => bail!("give either --rate (open model) or --users (closed model)"),
-    };
-    let environment = environment(&args.target, &args.pipeline).await?;
-    let mut document = ResultsDocument::new("run", &environment.describe(), 1.0);
-    document.idempotency_keys = args.load.idempotency_keys;
-    if args.load.idempotency_keys {
-        document
-            .notes
-            .push(format!("Idempotency keys: {}.", RetryPolicy::default().describe(TimeScale::REAL)));
-    }
-    let settings = ExperimentSettings {
-        sample_every: args.sample_every,
-        ..settings(environment, TimeScale::REAL, &args.load, progress)
-    };
-    let mode = match args.endpoint {
-        Endpoint::Async => "async",
-        Endpoint::Sync => "sync",
-    };
-    let request = RunRequest {
-        scenario: "custom".into(),
-        mode: mode.into(),
-        lab_load: model,
-        watch_drain: args.watch_drain,
-        consumers: None,
-    };
-    let outcome = experiment::run(&settings, &request, stop).await?;
-    document.runs.push(outcome.result);
-    Ok(document)
-}
-
-/// A short Locust-style summary of each run, as printed after `run`.
-pub fn render_runs(document: &ResultsDocument) -> String {
-    let mut out = String::new();
-    for run in &document.runs {
-        let l = &run.latency;
-        out.push_str(&format!(
-            "\n{} → {}\n  requests {}  accepted {:.1}%  failures: {}\n  latency ms: avg {:.1}  min {:.1}  p50 {:.1}  p95 {:.1}  \
-             p99 {:.1}  max {:.1}\n  throughput {:.1} req/s ({:.1} accepted/s)\n",
-            run.name,
-            run.path,
-            run.outcomes.total(),
-            run.accepted_pct,
-            crate::outcome::FailureKind::ALL
-                .iter()
-                .map(|&k| format!("{} {}", k.name(), run.outcomes.failures_of(k)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            l.mean_ms,
-            l.min_ms,
-            l.p50_ms,
-            l.p95_ms,
-            l.p99_ms,
-            l.max_ms,
-            run.throughput_per_s,
-            run.accepted_per_s
-        ));
-        if let Some(keys) = run.idempotency {
-            out.push_str(&format!(
-                "  idempotency keys: {} keyed requests, {} retries, {} replays, {} duplicate orders created{}\n",
-                keys.keyed_requests,
-                keys.retries,
-                keys.replays,
-                keys.duplicate_orders,
-                if keys.duplicate_orders > 0 { " (the server created orders twice)" } else { "" }
-            ));
-        }
-        if let Some(schedule) = run.schedule {
-            out.push_str(&format!(
-                "  schedule: {} sent late (> {} ms), lag p99 {:.3} ms, {} connections\n",
-                schedule.late, schedule.late_threshold_ms, schedule.lag.p99_ms, schedule.connections
-            ));
-        }
-        if let Some(queue) = run.queue {
-            out.push_str(&format!(
-                "  queue: peak backlog {}, {} at load end",
-                queue.peak_backlog, queue.backlog_at_load_end
-            ));
-            if let Some(drain) = queue.drain {
-                out.push_str(&format!(
-                    ", drain {:.2} s{} (Little's law {:.2} s)",
-                    drain.measured_s,
-                    if drain.finished { "" } else { " capped" },
-                    drain.predicted_s
-                ));
-            }
-            out.push('\n');
-        }
-    }
-    out
-}
-
-/// Writes the document, its CSVs and its HTML report into a new sub-directory of `results_dir`.
-fn save(results_dir: &Path, document: &ResultsDocument) -> anyhow::Result<()> {
-    let dir =
-        results_dir.join(format!("{}-{}", document.command, document.created_at.format("%Y%m%d-%H%M%S")));
-    let html = crate::report::render(document);
-    let written =
-        write_all(&dir, document, &html).with_context(|| format!("writing results to {}", dir.display()))?;
-    println!("results: {} ({} files; open report.html in a browser)", dir.display(), written.len());
-    Ok(())
-}
-
-async fn infra(args: InfraArgs) -> anyhow::Result<()> {
-    let (target, up) = match args.action {
-        InfraAction::Up(target) => (target, true),
-        InfraAction::Down(target) => (target, false),
-    };
-    let sdk = bus::aws::config_for_emulator(&target.endpoint).await;
-    let spec = bus::aws::provision::ProvisionSpec {
-        max_receive_count: target.max_receive_count,
-        visibility_timeout: target.visibility_timeout,
-        ..bus::aws::provision::ProvisionSpec::named(&target.name)
-    };
-    // The ledger's table, named like Terraform's (`{name}-orders`).
-    let table = format!("{}-orders", target.name);
-    if up {
-        let created = bus::aws::provision::provision(&sdk, &spec).await.context("provisioning")?;
-        ledger::dynamodb::create_table(&sdk, &table).await.context("creating the ledger table")?;
-        print!("{}", created.env_lines());
-        println!("ORDERS_TABLE={table}");
-    } else {
-        for deleted in bus::aws::provision::teardown(&sdk, &spec).await.context("tearing down")? {
-            println!("deleted {deleted}");
-        }
-        if ledger::dynamodb::delete_table(&sdk, &table).await.context("deleting the ledger table")? {
-            println!("deleted {table}");
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -647,22 +379,6 @@ mod tests {
         let WaitArg(fixed) = "2s".parse().unwrap();
         assert_eq!((fixed.min, fixed.max), (Duration::from_secs(2), Duration::from_secs(2)));
         assert!("500ms..100ms".parse::<WaitArg>().is_err());
-    }
-
-    #[test]
-    fn time_scale_defaults_and_limits() {
-        let embedded = Environment::Embedded(PipelineConfig::default());
-        assert_eq!(time_scale(None, false, &embedded).unwrap().factor(), 60.0);
-        assert_eq!(time_scale(None, true, &embedded).unwrap().factor(), 100.0);
-        assert!(time_scale(Some(0.5), false, &embedded).is_err());
-        let deployed = Environment::Deployed {
-            target: Target::local("127.0.0.1:1".parse().unwrap()),
-            probes: Probes::default(),
-            consumers: 1,
-            payment_latency: Duration::from_secs(3),
-        };
-        assert_eq!(time_scale(None, false, &deployed).unwrap(), TimeScale::REAL);
-        assert!(time_scale(Some(60.0), false, &deployed).is_err(), "a deployed stack keeps its clock");
     }
 
     #[test]

@@ -4,14 +4,16 @@
 use std::time::{Duration, Instant};
 
 use hyper::Method;
+use loadgen::LoadModel;
+use loadgen::client::Target;
+use loadgen::idempotency::RetryPolicy;
+use orders::PaymentConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Target;
-use crate::idempotency::RetryPolicy;
 use crate::pipeline::{self, EmbeddedPipeline, PipelineConfig};
 use crate::probe::Probes;
 use crate::results::RunResult;
-use crate::runner::{self, DrainPlan, LoadModel, RunPlan};
+use crate::runner::{self, DrainPlan, RunPlan};
 use crate::scenario::{TimeScale, order_bodies};
 
 /// How many different order bodies a run rotates through.
@@ -109,7 +111,7 @@ pub async fn run(
         spec: {
             let spec = target.request(Method::POST, path, order_bodies(ORDER_BODIES, 42));
             match settings.idempotency {
-                Some(policy) => spec.with_idempotency_keys(policy.time_scaled(scale)),
+                Some(policy) => spec.with_idempotency_keys(policy.time_scaled(scale.factor())),
                 None => spec,
             }
         },
@@ -128,14 +130,17 @@ pub async fn run(
         Environment::Embedded(lab) => {
             let config = PipelineConfig {
                 consumers: request.consumers.unwrap_or(lab.consumers),
-                payment_latency: scale.duration(lab.payment_latency),
+                payment: PaymentConfig {
+                    latency: scale.duration(lab.payment.latency),
+                    ..lab.payment.clone()
+                },
                 sync_timeout: scale.duration(lab.sync_timeout),
                 ..lab.clone()
             };
             // The worker's threads are new with each pipeline, so their CPU time is this run's (start included).
             let began = Instant::now();
             let pipeline = EmbeddedPipeline::start(&config).await?;
-            let plan = plan(Target::local(pipeline.receiver), config.consumers, config.payment_latency);
+            let plan = plan(Target::local(pipeline.receiver), config.consumers, config.payment.latency);
             let result = runner::execute(&plan, &pipeline.probes(), stop).await;
             let worker_cpu_cores =
                 pipeline.worker_cpu_time().map(|cpu| cpu.as_secs_f64() / began.elapsed().as_secs_f64());

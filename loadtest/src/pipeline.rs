@@ -7,15 +7,15 @@
 //! task, it has one core's worth of threads at most.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bus::embedded::{EmbeddedStack, StackConfig};
 use ledger::Ledger;
 use ledger::embedded::EmbeddedLedger;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use orders::PaymentConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -29,17 +29,16 @@ use crate::probe::{Probes, WorkerStatsSource};
 /// bytes of a thread name.
 pub const WORKER_THREAD_PREFIX: &str = "orderflow-w";
 
-/// How the embedded pipeline is configured: the knobs of the experiment.
+/// How the embedded pipeline is configured: the knobs of the experiment. `Default` is what the deployed
+/// services run with when given no flags (one consumer, 3 s payments, 5 % declines, 10 s sync timeout).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineConfig {
     /// Worker consumers (orders processed at once).
     pub consumers: usize,
     /// Per-consumer gates (throughput N ÷ L) or one shared gate.
     pub gate_mode: GateMode,
-    /// Simulated payment time, for the sync endpoint's gate and the worker's gates.
-    pub payment_latency: Duration,
-    /// Share of payments declined.
-    pub decline_rate: f64,
+    /// The simulated payment processor of the sync endpoint's gate (one slot) and of the worker's gates.
+    pub payment: PaymentConfig,
     /// How long the sync endpoint waits for the payment slot before answering 504.
     pub sync_timeout: Duration,
     /// Loopback port for the receiver (0: any free port).
@@ -49,35 +48,23 @@ pub struct PipelineConfig {
 }
 
 impl Default for PipelineConfig {
-    /// The lab's settings: one consumer, 3 s payments, 5% declines, 10 s sync timeout.
     fn default() -> Self {
+        let worker = WorkerConfig::default();
         PipelineConfig {
-            consumers: 1,
-            gate_mode: GateMode::PerConsumer,
-            payment_latency: Duration::from_secs(3),
-            decline_rate: 0.05,
-            sync_timeout: Duration::from_secs(10),
+            consumers: worker.consumers,
+            gate_mode: worker.gate_mode,
+            payment: worker.payment,
+            sync_timeout: receiver::Config::default().sync_timeout,
             receiver_port: 0,
             worker_port: None,
         }
     }
 }
 
-/// The Prometheus recorder of this process, installed on first use (a process can have only one).
+/// The Prometheus recorder of this process, with the receiver's and the worker's histogram buckets, installed
+/// on first use (a process can have only one).
 pub fn metrics_handle() -> Option<PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => {
-                receiver::spawn_metrics_upkeep(handle.clone());
-                Some(handle)
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot install the Prometheus recorder; /metrics will be empty");
-                None
-            }
-        })
-        .clone()
+    service_shell::prometheus::shared(&[receiver::METRIC_BUCKETS, worker::METRIC_BUCKETS].concat())
 }
 
 /// A running embedded pipeline. Stop it with [`EmbeddedPipeline::shutdown`].
@@ -104,16 +91,13 @@ impl EmbeddedPipeline {
         let metrics = metrics_handle();
         let stack = EmbeddedStack::new(StackConfig::default());
         let ledger = Arc::new(EmbeddedLedger::default());
-        let payment = PaymentConfig {
-            latency: config.payment_latency,
-            decline_rate: config.decline_rate,
-            ..Default::default()
-        };
+        let payment = config.payment.clone();
         let stop = CancellationToken::new();
 
         let receiver_config = receiver::Config {
             sync_timeout: config.sync_timeout,
-            payment: PaymentConfig { slots: 1, ..payment.clone() },
+            payment: payment.clone(),
+            payment_slots: 1,
             shutdown_deadline: Duration::from_secs(2),
             ..receiver::Config::default()
         };

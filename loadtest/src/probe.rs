@@ -10,9 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bus::{Consumer, QueueStats};
 use hyper::Method;
+use loadgen::client::{Connection, RequestSpec, Target};
 use serde::{Deserialize, Serialize};
-
-use crate::client::{Connection, RequestSpec, Target};
 
 /// How long a probe may take before the sample is skipped: a stuck probe must not stall the timeline.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::idempotency::IdempotencyCounts;
-use crate::outcome::OutcomeCounts;
+use loadgen::LoadModel;
+use loadgen::idempotency::IdempotencyCounts;
+use loadgen::outcome::OutcomeCounts;
+use loadgen::recorder::LatencySummary;
+
 use crate::probe::WorkerSnapshot;
-use crate::recorder::LatencySummary;
+use crate::render;
 
 /// The schema identifier written in every `results.json`; bumped on any incompatible change.
 pub const SCHEMA: &str = "orderflow-loadtest-results/1";
@@ -92,6 +95,29 @@ pub enum LoadDescription {
         /// Request timeout in milliseconds.
         timeout_ms: f64,
     },
+}
+
+impl LoadDescription {
+    /// The load `model` applies, as written to results.
+    pub fn of(model: &LoadModel) -> LoadDescription {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        match model {
+            LoadModel::Open(load) => LoadDescription::Open {
+                rate_per_s: load.rate,
+                duration_s: load.duration.as_secs_f64(),
+                max_connections: load.max_connections,
+                timeout_ms: ms(load.timeout),
+            },
+            LoadModel::Closed(load) => LoadDescription::Closed {
+                users: load.users,
+                spawn_rate: load.spawn_rate,
+                wait_min_ms: ms(load.wait.min),
+                wait_max_ms: ms(load.wait.max),
+                duration_s: load.duration.as_secs_f64(),
+                timeout_ms: ms(load.timeout),
+            },
+        }
+    }
 }
 
 /// One load run against one endpoint.
@@ -296,11 +322,7 @@ pub fn write_all(dir: &Path, document: &ResultsDocument, report_html: &str) -> s
     let mut written = Vec::new();
     for run in &document.runs {
         let path = dir.join(&run.timeline_csv);
-        let mut writer = csv::Writer::from_path(&path)?;
-        for point in &run.timeline {
-            writer.serialize(point)?;
-        }
-        writer.flush()?;
+        render::csv::write_timeline(&path, &run.timeline)?;
         written.push(path);
     }
     let json = dir.join("results.json");
@@ -310,11 +332,4 @@ pub fn write_all(dir: &Path, document: &ResultsDocument, report_html: &str) -> s
     std::fs::write(&html, report_html)?;
     written.push(html);
     Ok(written)
-}
-
-/// A file-name-safe version of a run name: `flash-sale-open/async` → `flash-sale-open-async.csv`.
-pub fn csv_file_name(run_name: &str) -> String {
-    let stem: String =
-        run_name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
-    format!("{stem}.csv")
 }

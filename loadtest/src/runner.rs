@@ -11,55 +11,16 @@ use chrono::Utc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{RequestSpec, Target};
-use crate::closed_model::{self, ClosedLoad};
-use crate::open_model::{self, OpenLoad};
+use loadgen::client::{RequestSpec, Target};
+use loadgen::recorder::{LatencySummary, Measurements, Recorder};
+use loadgen::{LoadEnd, LoadModel};
+
 use crate::probe::Probes;
 use crate::progress::LiveProgress;
-use crate::recorder::{LatencySummary, Measurements, Recorder};
+use crate::render;
 use crate::results::{
-    DrainReport, LoadDescription, Phase, QueueReport, RunResult, ScheduleReport, TimelinePoint, csv_file_name,
+    DrainReport, LoadDescription, Phase, QueueReport, RunResult, ScheduleReport, TimelinePoint,
 };
-
-/// The two ways of applying load.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LoadModel {
-    /// Constant arrival rate (see [`crate::open_model`]).
-    Open(OpenLoad),
-    /// Locust-style users (see [`crate::closed_model`]).
-    Closed(ClosedLoad),
-}
-
-impl LoadModel {
-    /// How long the load is planned to run.
-    pub fn duration(&self) -> Duration {
-        match self {
-            LoadModel::Open(load) => load.duration,
-            LoadModel::Closed(load) => load.duration,
-        }
-    }
-
-    /// The load as written to results.
-    pub fn describe(&self) -> LoadDescription {
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        match self {
-            LoadModel::Open(load) => LoadDescription::Open {
-                rate_per_s: load.rate,
-                duration_s: load.duration.as_secs_f64(),
-                max_connections: load.max_connections,
-                timeout_ms: ms(load.timeout),
-            },
-            LoadModel::Closed(load) => LoadDescription::Closed {
-                users: load.users,
-                spawn_rate: load.spawn_rate,
-                wait_min_ms: ms(load.wait.min),
-                wait_max_ms: ms(load.wait.max),
-                duration_s: load.duration.as_secs_f64(),
-                timeout_ms: ms(load.timeout),
-            },
-        }
-    }
-}
 
 /// After the load, keep watching the queue until it is empty (or the cap passes), and predict the drain with
 /// Little's law from the consumers and the payment latency.
@@ -163,11 +124,6 @@ impl Sampler {
     }
 }
 
-enum LoadEnd {
-    Open(open_model::OpenRun),
-    Closed(closed_model::ClosedRun),
-}
-
 /// Runs one plan to the end and returns its results (the timeline included).
 pub async fn execute(plan: &RunPlan, probes: &Probes, stop: &CancellationToken) -> RunResult {
     let started_at = Utc::now();
@@ -182,16 +138,7 @@ pub async fn execute(plan: &RunPlan, probes: &Probes, stop: &CancellationToken) 
         let active_users = Arc::clone(&active_users);
         let (target, spec, model, stop): (Target, RequestSpec, LoadModel, CancellationToken) =
             (plan.target.clone(), plan.spec.clone(), plan.model.clone(), stop.clone());
-        async move {
-            match model {
-                LoadModel::Open(load) => {
-                    LoadEnd::Open(open_model::run(&load, &target, &spec, recorder, stop).await)
-                }
-                LoadModel::Closed(load) => LoadEnd::Closed(
-                    closed_model::run(&load, &target, &spec, recorder, active_users, stop).await,
-                ),
-            }
-        }
+        async move { model.run(&target, &spec, recorder, active_users, stop).await }
     };
     let users = |model: &LoadModel| {
         matches!(model, LoadModel::Closed(_)).then(|| active_users.load(Ordering::Relaxed) as u64)
@@ -254,7 +201,7 @@ pub async fn execute(plan: &RunPlan, probes: &Probes, stop: &CancellationToken) 
         scenario: plan.scenario.clone(),
         mode: plan.mode.clone(),
         path: plan.spec.path().to_owned(),
-        load: plan.model.describe(),
+        load: LoadDescription::of(&plan.model),
         started_at,
         load_duration_s: load_duration.as_secs_f64(),
         sent: totals.sent,
@@ -273,7 +220,7 @@ pub async fn execute(plan: &RunPlan, probes: &Probes, stop: &CancellationToken) 
             QueueReport { peak_backlog, peak_at_s, backlog_at_load_end: at_end.backlog(), drain }
         }),
         worker,
-        timeline_csv: csv_file_name(&plan.name()),
+        timeline_csv: render::csv::file_name(&plan.name()),
         timeline: std::mem::take(&mut sampler.points),
     };
     progress.finish(&format!(

@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-
-use crate::closed_model::{ClosedLoad, WaitRange};
-use crate::open_model::OpenLoad;
-use crate::runner::LoadModel;
+use loadgen::LoadModel;
+use loadgen::closed_model::{ClosedLoad, WaitRange};
+use loadgen::idempotency::RetryPolicy;
+use loadgen::open_model::OpenLoad;
 
 /// The lab's payment time: one order every 3 s per slot.
 pub const LAB_PAYMENT_LATENCY: Duration = Duration::from_secs(3);
@@ -69,6 +69,19 @@ impl TimeScale {
             }),
         }
     }
+}
+
+/// A retry policy (whose durations are lab time) in words, for a results document's notes; on a time scale
+/// K > 1 it says that those durations are divided by K on the run's clock.
+pub fn describe_retry_policy(policy: &RetryPolicy, scale: TimeScale) -> String {
+    let clock = if scale.factor() > 1.0 { " lab time, ÷ K on the run's clock" } else { "" };
+    format!(
+        "orders carry an Idempotency-Key, and a 503, a 409, a timeout or a connection error is retried with the \
+         same key and body (at most {} attempts, Retry-After honoured up to {} ms{clock}, jittered backoff); \
+         each keyed order counts once, with its last attempt's outcome and a latency that covers every attempt",
+        policy.max_attempts,
+        policy.retry_after_cap.as_millis()
+    )
 }
 
 /// One of the lab's scenarios, in lab time.

@@ -13,18 +13,36 @@ use tokio::time::Instant;
 
 use crate::Order;
 
-/// How the simulated processor behaves.
-#[derive(Debug, Clone, PartialEq)]
+/// How the simulated processor behaves. Every binary that hosts a gate takes these as flags (flatten it into
+/// its clap `Args`); the flags' defaults are [`PaymentConfig::default`].
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct PaymentConfig {
-    /// Payments processed at once. One reproduces the original lab's serial processor.
+    /// Payments processed at once. One reproduces the original lab's serial processor. Not a flag here: each
+    /// host decides its gates' slots (the receiver's `--payment-slots`, the worker's gate mode).
+    #[arg(skip = PaymentConfig::default().slots)]
     pub slots: usize,
-    /// Time one payment holds its slot: 3 s in the original lab. Throughput is `slots / latency`.
+    /// Time one payment holds its slot ("3s", "100ms"): 3 s in the original lab. Throughput is
+    /// `slots / latency`.
+    #[arg(
+        long = "payment-latency",
+        env = "PAYMENT_LATENCY",
+        default_value = humantime::format_duration(PaymentConfig::default().latency).to_string(),
+        value_parser = humantime::parse_duration,
+    )]
     pub latency: Duration,
-    /// Fraction of payments declined (a business outcome), 0.05 as in the lab's 95.2% success.
+    /// Fraction of payments declined (0 to 1; a business outcome), 0.05 as in the lab's 95.2% success.
+    #[arg(
+        long = "decline-rate",
+        env = "DECLINE_RATE",
+        default_value_t = PaymentConfig::default().decline_rate,
+        value_parser = parse_fraction,
+    )]
     pub decline_rate: f64,
     /// Seed of the gate's random draws, so runs and tests are repeatable.
+    #[arg(long = "payment-seed", env = "PAYMENT_SEED", default_value_t = PaymentConfig::default().seed)]
     pub seed: u64,
     /// Simulated downstream failures, for outage experiments.
+    #[command(flatten)]
     pub faults: GatewayFaults,
 }
 
@@ -41,12 +59,26 @@ impl Default for PaymentConfig {
 }
 
 /// Transient gateway failures to simulate. The default is none.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, clap::Args)]
 pub struct GatewayFaults {
-    /// Fraction of payments that fail transiently after taking their full latency (a gateway timeout).
+    /// Fraction of payments that fail transiently after taking their full latency (0 to 1; a gateway timeout),
+    /// to exercise retries.
+    #[arg(
+        long = "payment-error-rate",
+        env = "PAYMENT_ERROR_RATE",
+        default_value_t = GatewayFaults::default().error_rate,
+        value_parser = parse_fraction,
+    )]
     pub error_rate: f64,
     /// A period, counted from the gate's creation, during which every payment fails at once (an outage).
+    #[arg(skip)]
     pub outage: Option<OutageWindow>,
+}
+
+/// A fraction flag: a number from 0 to 1.
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    let value: f64 = text.trim().parse().map_err(|error| format!("{error}"))?;
+    if (0.0..=1.0).contains(&value) { Ok(value) } else { Err(format!("{value} is not between 0 and 1")) }
 }
 
 /// A planned outage of the payment gateway.

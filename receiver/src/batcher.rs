@@ -7,6 +7,11 @@
 //!   messages or [`MAX_MESSAGE_BYTES`] of them (SNS limits a batch's total size too), then sends it with
 //!   `PublishBatch` (`Publish` when alone), at most `max_in_flight` calls at once.
 //! - Each request gets its own entry's result, so a partial batch failure fails only its own requests.
+//! - Entries the broker fails on their own with a retryable error (SNS's `SenderFault=false`) are sent again,
+//!   at most [`ENTRY_ATTEMPTS`] times in all, within the call's publish timeout. This is the one layer that
+//!   resends entries: the bus adapters send each entry once, so this budget is the real one. A call that
+//!   fails as a whole is not repeated here: the AWS SDK has already retried it (throttling, 5xx, timeouts),
+//!   and the request's own deadline leaves no room for more.
 //!
 //! Messages whose request has already gone (client disconnected, or its publish timeout passed) are dropped
 //! before sending: nobody was told they were accepted, so nobody is owed their publication.
@@ -21,9 +26,17 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How many times a message is sent at most (the first time included) when the broker fails its entry on its
+/// own, retryably. Three, with [`FIRST_RESEND_BACKOFF`] doubling between, rides out a momentary internal
+/// error in 0.3 s, well inside the publish timeout a client waits for.
+const ENTRY_ATTEMPTS: u32 = 3;
+
+/// Pause before the first resend of failed entries; doubles before each further one.
+const FIRST_RESEND_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Why a publish did not get acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PublishError {
+pub(crate) enum PublishError {
     /// The broker refused the message or the call failed.
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -37,7 +50,7 @@ pub enum PublishError {
 
 /// How the batcher batches; see [`crate::Config`] for the meaning of each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatcherSettings {
+pub(crate) struct BatcherSettings {
     /// How long a partial batch may wait for company while other calls are in flight.
     pub linger: Duration,
     /// Publish calls in flight at once.
@@ -51,12 +64,12 @@ pub struct BatcherSettings {
 
 /// Counters kept by the batcher, read by `/stats`.
 #[derive(Debug, Default)]
-pub struct PublishCounters {
+pub(crate) struct PublishCounters {
     /// Messages the broker acknowledged.
     pub published: AtomicU64,
     /// Messages the broker refused, or whose call failed or timed out.
     pub failed: AtomicU64,
-    /// Publish calls made (`Publish` and `PublishBatch` alike).
+    /// Publish calls made (`Publish` and `PublishBatch` alike), resends of failed entries included.
     pub calls: AtomicU64,
     /// Messages dropped unsent because their request had already gone.
     pub abandoned: AtomicU64,
@@ -64,7 +77,7 @@ pub struct PublishCounters {
 
 /// The handle requests publish through. Cheap to clone.
 #[derive(Clone)]
-pub struct PublishBatcher {
+pub(crate) struct PublishBatcher {
     broker: Arc<Broker>,
     sender: mpsc::Sender<Pending>,
     publish_timeout: Duration,
@@ -89,7 +102,7 @@ struct Pending {
 
 impl PublishBatcher {
     /// Starts the batching task on the current tokio runtime.
-    pub fn start(publisher: Arc<dyn Publisher>, settings: BatcherSettings) -> Self {
+    pub(crate) fn start(publisher: Arc<dyn Publisher>, settings: BatcherSettings) -> Self {
         let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
         let max_in_flight = settings.max_in_flight.max(1);
         let broker = Arc::new(Broker {
@@ -118,7 +131,7 @@ impl PublishBatcher {
     }
 
     /// Publishes one message and waits for the broker's acknowledgement of it, at most the publish timeout.
-    pub async fn publish(&self, message: OutgoingMessage) -> Result<MessageId, PublishError> {
+    pub(crate) async fn publish(&self, message: OutgoingMessage) -> Result<MessageId, PublishError> {
         if self.closing.is_cancelled() {
             return Err(PublishError::ShuttingDown);
         }
@@ -158,13 +171,13 @@ impl PublishBatcher {
     }
 
     /// The batcher's counters.
-    pub fn counters(&self) -> &PublishCounters {
+    pub(crate) fn counters(&self) -> &PublishCounters {
         &self.broker.counters
     }
 
     /// Stops taking new messages, publishes everything already queued, and waits for every call in flight,
     /// for at most `deadline`. Returns whether everything was flushed in time.
-    pub async fn close(&self, deadline: Instant) -> bool {
+    pub(crate) async fn close(&self, deadline: Instant) -> bool {
         self.closing.cancel();
         let Some(task) = self.task.lock().await.take() else { return true };
         matches!(tokio::time::timeout_at(deadline, task).await, Ok(Ok(())))
@@ -206,33 +219,16 @@ impl Broker {
         }
     }
 
-    /// One broker call: `Publish` for a lone message, `PublishBatch` otherwise. Always one result per message,
-    /// in order. Counts and measures the call.
-    async fn call(&self, mut messages: Vec<OutgoingMessage>) -> Vec<Result<MessageId, BusError>> {
+    /// Publishes `messages` (one broker call, then resends of the entries the broker failed on their own, see
+    /// [`ENTRY_ATTEMPTS`]), all within the publish timeout. Always one result per message, in order. Counts and
+    /// measures the whole.
+    async fn call(&self, messages: Vec<OutgoingMessage>) -> Vec<Result<MessageId, BusError>> {
         let entries = messages.len();
         let started = Instant::now();
-        let results = if let [_] = messages.as_slice() {
-            let message = messages.pop().expect("one message");
-            let result = tokio::time::timeout(self.call_timeout, self.publisher.publish(message)).await;
-            vec![result.unwrap_or(Err(BusError::Timeout))]
-        } else {
-            match tokio::time::timeout(self.call_timeout, self.publisher.publish_batch(messages)).await {
-                Ok(Ok(results)) if results.len() == entries => results,
-                Ok(Ok(results)) => vec![
-                    Err(BusError::Transient {
-                        code: "BatchResultMismatch".into(),
-                        message: format!("broker answered {entries} entries with {} results", results.len()),
-                    });
-                    entries
-                ],
-                Ok(Err(error)) => vec![Err(error); entries],
-                Err(_) => vec![Err(BusError::Timeout); entries],
-            }
-        };
+        let results = self.send_with_resends(messages, started + self.call_timeout).await;
         let elapsed = started.elapsed();
 
         let failed = results.iter().filter(|result| result.is_err()).count();
-        self.counters.calls.fetch_add(1, Ordering::Relaxed);
         self.counters.published.fetch_add((entries - failed) as u64, Ordering::Relaxed);
         self.counters.failed.fetch_add(failed as u64, Ordering::Relaxed);
         let outcome = match failed {
@@ -247,6 +243,80 @@ impl Broker {
             tracing::warn!(entries, failed, %error, "publish to the bus failed");
         }
         results
+    }
+
+    /// Sends every message once, then resends the entries that failed on their own retryably, after a backoff,
+    /// while attempts remain and the next one can start before `deadline`. An entry not resent keeps the
+    /// broker's last answer for it; one whose call was cut by the deadline gets [`BusError::Timeout`].
+    async fn send_with_resends(
+        &self,
+        messages: Vec<OutgoingMessage>,
+        deadline: Instant,
+    ) -> Vec<Result<MessageId, BusError>> {
+        // A lone message goes out with `Publish`, whose failure is the whole call's: it is never resent, so no
+        // copy of it is kept.
+        if let [_] = messages.as_slice() {
+            return self.send(messages, deadline).await.unwrap_or_else(|error| vec![Err(error)]);
+        }
+        let mut results: Vec<Option<Result<MessageId, BusError>>> = vec![None; messages.len()];
+        let mut pending: Vec<usize> = (0..messages.len()).collect();
+        for attempt in 0..ENTRY_ATTEMPTS {
+            if attempt > 0 {
+                let resume = Instant::now() + FIRST_RESEND_BACKOFF * 2u32.pow(attempt - 1);
+                if resume >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(resume).await;
+            }
+            let batch = pending.iter().map(|&i| messages[i].clone()).collect();
+            let answers = match self.send(batch, deadline).await {
+                Ok(answers) => answers,
+                Err(error) => {
+                    for &i in &pending {
+                        results[i] = Some(Err(error.clone()));
+                    }
+                    break;
+                }
+            };
+            let mut resend = Vec::new();
+            for (i, answer) in pending.into_iter().zip(answers) {
+                if matches!(&answer, Err(error) if error.is_retryable()) {
+                    resend.push(i);
+                }
+                results[i] = Some(answer);
+            }
+            pending = resend;
+            if pending.is_empty() {
+                break;
+            }
+        }
+        results.into_iter().map(|result| result.expect("every message is sent at least once")).collect()
+    }
+
+    /// One broker call: `Publish` for a lone message, `PublishBatch` otherwise. `Ok` holds one result per
+    /// message, in order; `Err` is a failure of the whole call (after the SDK's own retries), a batch answer
+    /// with the wrong number of results, or no answer by `deadline`.
+    async fn send(
+        &self,
+        mut messages: Vec<OutgoingMessage>,
+        deadline: Instant,
+    ) -> Result<Vec<Result<MessageId, BusError>>, BusError> {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let entries = messages.len();
+        if let [_] = messages.as_slice() {
+            let message = messages.pop().expect("one message");
+            let published = tokio::time::timeout_at(deadline, self.publisher.publish(message)).await;
+            return published.unwrap_or(Err(BusError::Timeout)).map(|id| vec![Ok(id)]);
+        }
+        match tokio::time::timeout_at(deadline, self.publisher.publish_batch(messages)).await {
+            Ok(Ok(results)) if results.len() == entries => Ok(results),
+            Ok(Ok(results)) => Err(BusError::IncompleteResponse(format!(
+                "{entries} entries published, {} results",
+                results.len()
+            ))),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(BusError::Timeout),
+        }
     }
 }
 
@@ -414,5 +484,167 @@ mod tests {
         }
         assert_eq!(recorder.calls.lock().unwrap().iter().map(|(entries, _)| entries).sum::<usize>(), 25);
         assert_eq!(batcher.publish(OutgoingMessage::new("late")).await, Err(PublishError::ShuttingDown));
+    }
+
+    /// Answers each message by its body: `ok`, `bad` (refused for good), `down…` (always failing retryably),
+    /// `flaky` (failing retryably the first time). Records every call.
+    #[derive(Default)]
+    struct ByBody {
+        /// Each call: whether it was `PublishBatch`, and the bodies sent.
+        calls: std::sync::Mutex<Vec<(bool, Vec<String>)>>,
+        flaky_failed: std::sync::Mutex<bool>,
+        /// Every `PublishBatch` fails as a whole with this.
+        batch_failure: Option<BusError>,
+        /// `PublishBatch` answers with one result too few.
+        short_answers: bool,
+        /// Calls from this one on (counting from 0) never answer.
+        hang_from: Option<usize>,
+    }
+
+    impl ByBody {
+        async fn answer(&self, batch: bool, messages: &[OutgoingMessage]) -> Vec<EntryResult<MessageId>> {
+            let call = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push((batch, messages.iter().map(|m| m.body.clone()).collect()));
+                calls.len() - 1
+            };
+            if self.hang_from.is_some_and(|from| call >= from) {
+                std::future::pending::<()>().await;
+            }
+            let transient = || BusError::Transient { code: "InternalError".into(), message: "again".into() };
+            messages
+                .iter()
+                .map(|message| match message.body.as_str() {
+                    "bad" => Err(BusError::InvalidParameter("refused".into())),
+                    body if body.starts_with("down") => Err(transient()),
+                    "flaky" if !std::mem::replace(&mut *self.flaky_failed.lock().unwrap(), true) => {
+                        Err(transient())
+                    }
+                    body => Ok(format!("id-{body}")),
+                })
+                .collect()
+        }
+
+        fn calls(&self) -> Vec<(bool, Vec<String>)> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl Publisher for ByBody {
+        async fn publish(&self, message: OutgoingMessage) -> Result<MessageId, BusError> {
+            self.answer(false, std::slice::from_ref(&message)).await.pop().expect("one result")
+        }
+
+        async fn publish_batch(
+            &self,
+            messages: Vec<OutgoingMessage>,
+        ) -> Result<Vec<EntryResult<MessageId>>, BusError> {
+            let mut results = self.answer(true, &messages).await;
+            if let Some(failure) = &self.batch_failure {
+                return Err(failure.clone());
+            }
+            if self.short_answers {
+                results.pop();
+            }
+            Ok(results)
+        }
+    }
+
+    fn broker_over(publisher: ByBody, call_timeout: Duration) -> (Arc<ByBody>, Broker) {
+        let publisher = Arc::new(publisher);
+        let broker = Broker {
+            publisher: publisher.clone(),
+            call_timeout,
+            calls: Arc::new(Semaphore::new(1)),
+            max_in_flight: 1,
+            counters: PublishCounters::default(),
+        };
+        (publisher, broker)
+    }
+
+    fn messages(bodies: &[&str]) -> Vec<OutgoingMessage> {
+        bodies.iter().map(|body| OutgoingMessage::new(*body)).collect()
+    }
+
+    fn bodies(bodies: &[&str]) -> Vec<String> {
+        bodies.iter().map(|body| (*body).to_owned()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resends_only_entries_failed_retryably_then_gives_up() {
+        let (publisher, broker) = broker_over(ByBody::default(), Duration::from_secs(5));
+        let started = Instant::now();
+        let results = broker.call(messages(&["ok", "bad", "down", "down too", "flaky"])).await;
+        assert_eq!(results[0], Ok("id-ok".to_owned()));
+        assert!(matches!(results[1], Err(BusError::InvalidParameter(_))), "{:?}", results[1]);
+        for down in &results[2..4] {
+            assert!(
+                matches!(down, Err(BusError::Transient { code, .. }) if code == "InternalError"),
+                "{down:?}"
+            );
+        }
+        assert_eq!(results[4], Ok("id-flaky".to_owned()), "a resend that succeeds replaces the error");
+        // The whole budget: three sends of the failing entries (the bus adapter sends each entry once), after
+        // 100 and 200 ms.
+        let expected = vec![
+            (true, bodies(&["ok", "bad", "down", "down too", "flaky"])),
+            (true, bodies(&["down", "down too", "flaky"])),
+            (true, bodies(&["down", "down too"])),
+        ];
+        assert_eq!(publisher.calls(), expected);
+        assert_eq!(expected.len() as u32, ENTRY_ATTEMPTS);
+        assert_eq!(started.elapsed(), FIRST_RESEND_BACKOFF * 3);
+        let counters = &broker.counters;
+        let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        assert_eq!((count(&counters.published), count(&counters.failed), count(&counters.calls)), (2, 3, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_entry_is_resent_with_publish_whose_failure_is_final() {
+        let (publisher, broker) = broker_over(ByBody::default(), Duration::from_secs(5));
+        let results = broker.call(messages(&["ok", "down"])).await;
+        assert_eq!(results[0], Ok("id-ok".to_owned()));
+        assert!(matches!(&results[1], Err(BusError::Transient { .. })), "{:?}", results[1]);
+        // Publish fails as a whole call, which the SDK has already retried: not repeated here.
+        assert_eq!(publisher.calls(), vec![(true, bodies(&["ok", "down"])), (false, bodies(&["down"]))]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_failing_as_a_whole_is_not_repeated() {
+        let failure = BusError::Transient { code: "Throttling".into(), message: "slow down".into() };
+        let (publisher, broker) = broker_over(
+            ByBody { batch_failure: Some(failure.clone()), ..ByBody::default() },
+            Duration::from_secs(5),
+        );
+        assert_eq!(broker.call(messages(&["ok", "down"])).await, vec![Err(failure.clone()), Err(failure)]);
+        assert_eq!(publisher.calls().len(), 1, "the SDK already retried the whole call");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_with_missing_results_fails_every_entry_as_incomplete() {
+        let (publisher, broker) =
+            broker_over(ByBody { short_answers: true, ..ByBody::default() }, Duration::from_secs(5));
+        let results = broker.call(messages(&["ok", "ok"])).await;
+        assert!(results.iter().all(|r| matches!(r, Err(BusError::IncompleteResponse(_)))), "{results:?}");
+        assert_eq!(publisher.calls().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resends_stop_at_the_publish_timeout() {
+        // The second resend would start at 300 ms: past the timeout, so the broker's answer stands.
+        let (publisher, broker) = broker_over(ByBody::default(), Duration::from_millis(250));
+        let results = broker.call(messages(&["ok", "down", "down too"])).await;
+        assert_eq!(results[0], Ok("id-ok".to_owned()));
+        assert!(matches!(&results[1], Err(BusError::Transient { .. })), "{:?}", results[1]);
+        assert_eq!(publisher.calls().len(), 2);
+
+        // A resend cut by the timeout: its outcome is unknown; the entries already acknowledged stay so.
+        let (_, broker) =
+            broker_over(ByBody { hang_from: Some(1), ..ByBody::default() }, Duration::from_millis(250));
+        let started = Instant::now();
+        let results = broker.call(messages(&["ok", "down"])).await;
+        assert_eq!(results, vec![Ok("id-ok".to_owned()), Err(BusError::Timeout)]);
+        assert_eq!(started.elapsed(), Duration::from_millis(250));
     }
 }

@@ -3,49 +3,67 @@
 use std::time::Duration;
 
 use orders::PaymentConfig;
+use service_shell::defaults;
 
 /// The largest request body accepted, 64 KiB. A maximal valid order (100 items) is far smaller; anything bigger
 /// is refused with 413 before it is buffered, so a client cannot make the receiver hold megabytes per request.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// How the receiver behaves. `Config::default()` is what the binary runs with when no flag is given.
-#[derive(Debug, Clone, PartialEq)]
+/// How the receiver behaves: the binary's tuning flags (flatten it into a clap `Args`). `Config::default()` is
+/// what the binary runs with when no flag is given, and the flags' defaults are read from it.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct Config {
     /// What `/stats` reports as `mode`: the bus orders are published to (`embedded` or `aws`), so an operator
-    /// reading the numbers knows which deployment produced them.
+    /// reading the numbers knows which deployment produced them. Set by the host, not a flag.
+    #[arg(skip = Config::default().mode)]
     pub mode: String,
-    /// How long `POST /orders/sync` waits for a payment slot before answering 504 (10 s, the original lab's
-    /// client timeout). Once the payment has started it runs to its decision.
+    /// How long `POST /orders/sync` waits for a payment slot before answering 504 (the original lab's client
+    /// timeout). Once the payment has started it runs to its decision.
+    #[arg(long, env = "SYNC_TIMEOUT", default_value = defaults::duration(Config::default().sync_timeout), value_parser = humantime::parse_duration)]
     pub sync_timeout: Duration,
-    /// The process-wide payment gate behind `POST /orders/sync` (1 slot, 3 s, 5 % declines).
+    /// The simulated payment processor behind `POST /orders/sync` (its `slots` come from
+    /// [`payment_slots`](Self::payment_slots)).
+    #[command(flatten)]
     pub payment: PaymentConfig,
-    /// How long a request waits for the broker to acknowledge its publish before answering 503 (5 s). Bounded so
-    /// a stalled broker turns into fast, retryable errors instead of piling up requests.
+    /// Payments the sync endpoint's process-wide gate processes at once (1, the lab's serial processor).
+    #[arg(long, env = "PAYMENT_SLOTS", default_value_t = Config::default().payment_slots)]
+    pub payment_slots: usize,
+    /// How long a request waits for the broker to acknowledge its publish before answering 503. Bounded so a
+    /// stalled broker turns into fast, retryable errors instead of piling up requests.
+    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = defaults::duration(Config::default().publish_timeout), value_parser = humantime::parse_duration)]
     pub publish_timeout: Duration,
-    /// How long one call to the order ledger may take before it counts as failed (2 s): the write of
+    /// How long one call to the order ledger may take before it counts as failed: the write of
     /// `POST /orders/async` (503 after it), the lookup of `GET /orders/{id}` (503), and each try at marking an
     /// unaccepted order failed. Bounded so a stalled store turns into fast, retryable errors, and so lookups,
     /// which have no concurrency limit, cannot pile up behind it.
+    #[arg(long, env = "LEDGER_TIMEOUT", default_value = defaults::duration(Config::default().ledger_timeout), value_parser = humantime::parse_duration)]
     pub ledger_timeout: Duration,
-    /// How long the micro-batcher holds a partial batch while another batch is in flight, hoping to fill it
-    /// (2 ms). When nothing is in flight it sends at once, so an idle receiver adds no latency.
+    /// How long the micro-batcher holds a partial batch while another batch is in flight, hoping to fill it.
+    /// When nothing is in flight it sends at once, so an idle receiver adds no latency.
+    #[arg(long, env = "BATCH_LINGER", default_value = defaults::duration(Config::default().batch_linger), value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
-    /// Publish calls allowed in flight at once (16). One call at a time would cap throughput at
+    /// Publish calls to the broker in flight at once. One call at a time would cap throughput at
     /// `10 / broker latency`; several overlap the broker's round trips.
+    #[arg(long, env = "MAX_BATCHES_IN_FLIGHT", default_value_t = Config::default().max_batches_in_flight)]
     pub max_batches_in_flight: usize,
-    /// `POST /orders/async` requests handled at once (1024); beyond it requests are shed with 503 before their
-    /// body is read. This bounds the memory held by requests whatever the offered load.
+    /// `POST /orders/async` requests handled at once; beyond it requests are shed with 503 before their body is
+    /// read. This bounds the memory held by requests whatever the offered load.
+    #[arg(long, env = "MAX_ASYNC_IN_FLIGHT", default_value_t = Config::default().max_async_in_flight)]
     pub max_async_in_flight: usize,
-    /// `POST /orders/sync` requests handled (mostly: waiting for the gate) at once (1024); beyond it 503.
+    /// `POST /orders/sync` requests handled (mostly: waiting for the gate) at once; beyond it 503.
+    #[arg(long, env = "MAX_SYNC_IN_FLIGHT", default_value_t = Config::default().max_sync_in_flight)]
     pub max_sync_in_flight: usize,
-    /// The `Retry-After` sent with every 503 (1 s): long enough to let a burst pass, short enough for a client to
-    /// retry promptly.
+    /// The `Retry-After` sent with every 503: long enough to let a burst pass, short enough for a client to retry
+    /// promptly.
+    #[arg(long, env = "RETRY_AFTER", default_value = defaults::duration(Config::default().retry_after), value_parser = humantime::parse_duration)]
     pub retry_after: Duration,
-    /// After a shutdown signal, how long in-flight requests and pending publishes get to finish (20 s, inside
-    /// the 30 s ECS gives a task between SIGTERM and SIGKILL).
+    /// After SIGTERM/SIGINT, how long in-flight requests and pending publishes get to finish (inside the 30 s
+    /// ECS gives a task between SIGTERM and SIGKILL).
+    #[arg(long, env = "SHUTDOWN_DEADLINE", default_value = defaults::duration(Config::default().shutdown_deadline), value_parser = humantime::parse_duration)]
     pub shutdown_deadline: Duration,
-    /// How long the answer to a request with an `Idempotency-Key` is kept and replayed (24 h, as Stripe keeps
-    /// keys): a client retrying within it never creates a second order.
+    /// How long the answer to a request with an `Idempotency-Key` is kept and replayed to retries with that key
+    /// (24 h, as Stripe keeps keys): a client retrying within it never creates a second order.
+    #[arg(long, env = "IDEMPOTENCY_RETENTION", default_value = defaults::duration(Config::default().idempotency_retention), value_parser = humantime::parse_duration)]
     pub idempotency_retention: Duration,
 }
 
@@ -55,6 +73,7 @@ impl Default for Config {
             mode: "embedded".into(),
             sync_timeout: Duration::from_secs(10),
             payment: PaymentConfig::default(),
+            payment_slots: 1,
             publish_timeout: Duration::from_secs(5),
             ledger_timeout: Duration::from_secs(2),
             batch_linger: Duration::from_millis(2),
@@ -65,5 +84,12 @@ impl Default for Config {
             shutdown_deadline: Duration::from_secs(20),
             idempotency_retention: ledger::idempotency::DEFAULT_KEY_RETENTION,
         }
+    }
+}
+
+impl Config {
+    /// The sync endpoint's payment gate: [`payment`](Self::payment) with [`payment_slots`](Self::payment_slots).
+    pub fn sync_gate(&self) -> PaymentConfig {
+        PaymentConfig { slots: self.payment_slots, ..self.payment.clone() }
     }
 }

@@ -33,10 +33,10 @@ use crate::routes::{self, Placement};
 use crate::state::AppState;
 
 /// The request header.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The response header marking a replayed answer.
-pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// How much longer than the request itself can take a key stays locked if its request dies: then a retry
 /// takes over. A live request finishes well within its lock.

@@ -40,14 +40,16 @@
 //! Ledger failures are counted in `async.ledger_failures` (503s of `POST /orders/async`) and, by operation and
 //! kind, in `receiver_ledger_failures_total`.
 //!
-//! The binary is a thin shell around [`run`]: it parses flags, installs the metrics recorder, picks the bus, and
-//! turns SIGTERM/SIGINT into the shutdown future.
+//! The binary is a thin shell around [`run`]: it parses flags (the tuning ones are [`Config`]), installs the
+//! metrics recorder with [`METRIC_BUCKETS`], builds the SNS publisher and the DynamoDB ledger, and turns
+//! SIGTERM/SIGINT into the shutdown future ([`service_shell`]).
 
 use std::future::{Future, IntoFuture};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use service_shell::prometheus::{Buckets, MetricName, bucket_sets};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -61,32 +63,28 @@ mod request_metrics;
 mod routes;
 mod state;
 
-pub use batcher::{BatcherSettings, PublishBatcher, PublishCounters, PublishError};
 pub use config::{Config, MAX_BODY_BYTES};
 pub use error::ApiError;
 pub use state::{AppState, AsyncStats, ReceiverStats, SyncStats};
 
-/// How often [`spawn_metrics_upkeep`] folds recorded samples into the Prometheus histograms (1 s).
-pub const METRICS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Starts a thread that folds the Prometheus recorder's raw samples into its histograms every
-/// [`METRICS_UPKEEP_INTERVAL`], so memory stays flat when nobody scrapes `/metrics`.
-///
-/// Why a thread and why every second: the recorder keeps every sample until upkeep; at 70,000 requests/s, five
-/// seconds of them took tens of milliseconds to fold, and on a runtime worker that pause landed in the request
-/// latency tail (p99 at 10,000 orders/s went from ~3 ms to 12–23 ms in receiver/benches/http.rs). On its own
-/// thread the OS preempts it instead.
-pub fn spawn_metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle) {
-    let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
-        loop {
-            std::thread::sleep(METRICS_UPKEEP_INTERVAL);
-            handle.run_upkeep();
-        }
-    });
-    if let Err(error) = spawned {
-        tracing::error!(%error, "cannot start the metrics upkeep thread; /metrics memory will grow until scraped");
-    }
-}
+/// The buckets of the receiver's histograms, for [`service_shell::prometheus::install`] in every process that
+/// hosts a receiver: latencies from half a millisecond (an answer) to 30 s (a stalled publish), and publish batch
+/// sizes 1 to 10.
+pub const METRIC_BUCKETS: &[Buckets] = &[
+    Buckets {
+        metric: MetricName::Exact("receiver_http_request_duration_seconds"),
+        bounds: bucket_sets::CALL_SECONDS,
+    },
+    Buckets {
+        metric: MetricName::Exact("receiver_publish_duration_seconds"),
+        bounds: bucket_sets::CALL_SECONDS,
+    },
+    Buckets {
+        metric: MetricName::Exact("receiver_payment_gate_wait_seconds"),
+        bounds: bucket_sets::CALL_SECONDS,
+    },
+    Buckets { metric: MetricName::Exact("receiver_publish_batch_size"), bounds: bucket_sets::BATCH_ENTRIES },
+];
 
 /// The receiver's routes, with request metrics, the body limit and JSON 404/405 answers.
 pub fn app(state: AppState) -> Router {

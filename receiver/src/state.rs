@@ -116,7 +116,7 @@ impl AppState {
         );
         Self {
             shared: Arc::new(Shared {
-                gate: PaymentGate::new(config.payment.clone()),
+                gate: PaymentGate::new(config.sync_gate()),
                 async_admission: Admission::new(config.max_async_in_flight),
                 sync_admission: Admission::new(config.max_sync_in_flight),
                 batcher,
@@ -137,7 +137,7 @@ impl AppState {
     }
 
     /// The micro-batcher that publishes accepted orders.
-    pub fn batcher(&self) -> &PublishBatcher {
+    pub(crate) fn batcher(&self) -> &PublishBatcher {
         &self.shared.batcher
     }
 
@@ -285,7 +285,7 @@ pub struct AsyncStats {
     pub shed: u64,
     /// Being handled right now.
     pub in_flight: u64,
-    /// Publish calls made; `published / publish_calls` is the mean batch size.
+    /// Publish calls made, resends of failed entries included.
     pub publish_calls: u64,
     /// Messages the broker refused or whose call failed or timed out.
     pub publish_failures: u64,

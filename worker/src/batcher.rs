@@ -2,8 +2,15 @@
 //!
 //! One DeleteMessageBatch replaces ten DeleteMessage calls: a tenth of the requests (SQS bills per request)
 //! and of the round trips. An entry waits at most the flush interval for others to join it. Batch calls
-//! succeed or fail per entry; entries that fail transiently are retried with backoff, and entries that still
+//! succeed or fail per entry; entries that fail retryably are retried with backoff, and entries that still
 //! fail are reported (logged, counted, and answered to whoever waits), never silently dropped.
+//!
+//! This batcher is the one layer that retries the worker's batch entries: the bus adapters send each entry
+//! once per call (see [`bus::Publisher::publish_batch`]). Here is where a retry can be weighed: the budget
+//! ([`BatchSettings`]) is set against the worker's shutdown (the final flush must end within its flush grace)
+//! and against the visibility timeout (a delete or visibility change retried past it only meets a stale
+//! receipt handle, so the budget stays far below it), and it applies the same way whichever adapter is
+//! underneath, the embedded bus included.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -60,7 +67,10 @@ impl BatchEntry for VisibilityChange {
 pub(crate) struct BatchSettings {
     /// Longest wait of an entry for a full batch.
     pub(crate) flush_interval: Duration,
-    /// Retries of a transiently failing entry, after its first attempt.
+    /// Retries of an entry that failed retryably ([`BusError::is_retryable`]), alone or with its whole call,
+    /// after its first attempt: an entry is sent at most `1 + retries` times, and nothing below resends it
+    /// except the AWS SDK, which retries a whole call that failed (throttling, 5xx, timeouts: by default up to
+    /// three requests on the wire per attempt here) before the batcher sees the failure.
     pub(crate) retries: u32,
     /// Pause before each retry.
     pub(crate) retry_backoff: Backoff,
@@ -70,7 +80,9 @@ pub(crate) struct BatchSettings {
 }
 
 impl BatchSettings {
-    /// Retries add up to about three seconds, so a shutdown's final flush stays well inside ECS's stop timeout.
+    /// Four retries, five sends in all, with pauses of at most 0.1, 0.2, 0.4 and 0.8 s (1.5 s in total, plus
+    /// the calls themselves): a shutdown's final flush stays well inside ECS's stop timeout, and a whole second
+    /// and a half of broker trouble is ridden out.
     pub(crate) fn new(flush_interval: Duration) -> Self {
         Self {
             flush_interval,
@@ -135,8 +147,9 @@ impl<E: BatchEntry> Batcher<E> {
     }
 }
 
+/// The answer to an entry the batcher can no longer send.
 fn stopped() -> BusError {
-    BusError::Transient { code: "WorkerStopping".into(), message: "the batcher has stopped".into() }
+    BusError::StoppedBeforeSending
 }
 
 async fn flush_loop<E: BatchEntry>(
@@ -184,8 +197,8 @@ async fn send_with_retries<E: BatchEntry>(
         let results = match E::call(Arc::clone(&consumer), entries).await {
             Ok(results) if results.len() == pending.len() => results,
             Ok(results) => {
-                let message = format!("{} results for {} entries", results.len(), pending.len());
-                vec![Err(BusError::Transient { code: "BatchResultMismatch".into(), message }); pending.len()]
+                let detail = format!("{} results for {} entries", results.len(), pending.len());
+                vec![Err(BusError::IncompleteResponse(detail)); pending.len()]
             }
             Err(error) => vec![Err(error); pending.len()],
         };
@@ -231,6 +244,10 @@ mod tests {
         flaky: Mutex<Vec<String>>,
         /// Handles that always fail for good.
         stale: Vec<String>,
+        /// Handles that always fail transiently.
+        down: Vec<String>,
+        /// Calls still to be answered with one result too few.
+        short_answers: Mutex<u32>,
     }
 
     #[async_trait::async_trait]
@@ -241,11 +258,13 @@ mod tests {
         async fn delete_batch(&self, handles: Vec<ReceiptHandle>) -> Result<Vec<EntryResult<()>>, BusError> {
             self.batches.lock().unwrap().push(handles.iter().map(|h| h.0.clone()).collect());
             let mut flaky = self.flaky.lock().unwrap();
-            Ok(handles
+            let mut results: Vec<_> = handles
                 .into_iter()
                 .map(|handle| {
                     if self.stale.contains(&handle.0) {
                         Err(BusError::ReceiptHandleInvalid(handle.0))
+                    } else if self.down.contains(&handle.0) {
+                        Err(BusError::Transient { code: "InternalError".into(), message: "down".into() })
                     } else if let Some(at) = flaky.iter().position(|h| *h == handle.0) {
                         flaky.remove(at);
                         Err(BusError::Transient { code: "InternalError".into(), message: "try again".into() })
@@ -253,7 +272,13 @@ mod tests {
                         Ok(())
                     }
                 })
-                .collect())
+                .collect();
+            let mut short_answers = self.short_answers.lock().unwrap();
+            if *short_answers > 0 {
+                *short_answers -= 1;
+                results.pop();
+            }
+            Ok(results)
         }
         async fn change_visibility_batch(
             &self,
@@ -307,5 +332,98 @@ mod tests {
             assert!(sent.contains(&&format!("h{i}")), "h{i} was sent");
         }
         assert_eq!(failures.load(Ordering::Relaxed), 2, "the stale handle, twice, was reported");
+    }
+
+    fn sent(recorder: &Recorder) -> Vec<Vec<String>> {
+        recorder.batches.lock().unwrap().clone()
+    }
+
+    fn names(handles: &[&str]) -> Vec<String> {
+        handles.iter().map(|h| (*h).to_owned()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_only_retryable_entries_then_gives_up() {
+        let recorder = Arc::new(Recorder {
+            flaky: Mutex::new(names(&["h3"])),
+            stale: names(&["h1"]),
+            down: names(&["h2"]),
+            ..Recorder::default()
+        });
+        let failures = Arc::new(AtomicU64::new(0));
+        let settings = BatchSettings::new(Duration::from_millis(10));
+        let (deleter, work) = Batcher::<ReceiptHandle>::new(recorder.clone(), settings, failures.clone());
+        let work = tokio::spawn(work);
+        let started = Instant::now();
+        let (ok, stale, down, flaky) = tokio::join!(
+            deleter.submit_and_wait(handle(0)),
+            deleter.submit_and_wait(handle(1)),
+            deleter.submit_and_wait(handle(2)),
+            deleter.submit_and_wait(handle(3)),
+        );
+        let took = started.elapsed();
+        drop(deleter);
+        work.await.unwrap();
+
+        assert_eq!(ok, Ok(()));
+        assert!(matches!(stale, Err(BusError::ReceiptHandleInvalid(_))), "{stale:?}");
+        assert!(
+            matches!(&down, Err(BusError::Transient { code, .. }) if code == "InternalError"),
+            "{down:?}"
+        );
+        assert_eq!(flaky, Ok(()), "a retry that succeeds replaces the error");
+        // The whole budget: one send and four retries of the failing entry, nothing more (the bus adapters do
+        // not resend entries), with pauses of 50-100, 100-200, 200-400 and 400-800 ms (jittered) between.
+        let mut expected = vec![names(&["h0", "h1", "h2", "h3"]), names(&["h2", "h3"])];
+        expected.extend(std::iter::repeat_n(names(&["h2"]), 3));
+        assert_eq!(sent(&recorder), expected);
+        assert_eq!(expected.len() as u32, 1 + settings.retries);
+        let (least, most) = (Duration::from_millis(10 + 750), Duration::from_millis(10 + 1_500));
+        assert!(took >= least && took <= most, "{took:?}");
+        assert_eq!(failures.load(Ordering::Relaxed), 2, "the stale and the down handle");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_misses_entries_is_retried_then_reported_incomplete() {
+        let recorder = Arc::new(Recorder { short_answers: Mutex::new(1), ..Recorder::default() });
+        let failures = Arc::new(AtomicU64::new(0));
+        let settings = BatchSettings::new(Duration::from_millis(10));
+        let (deleter, work) = Batcher::<ReceiptHandle>::new(recorder.clone(), settings, failures.clone());
+        let work = tokio::spawn(work);
+        let (first, second) =
+            tokio::join!(deleter.submit_and_wait(handle(0)), deleter.submit_and_wait(handle(1)));
+        assert_eq!((first, second), (Ok(()), Ok(())), "retried whole after the short answer");
+        assert_eq!(sent(&recorder), vec![names(&["h0", "h1"]); 2]);
+
+        *recorder.short_answers.lock().unwrap() = u32::MAX;
+        let lost = deleter.submit_and_wait(handle(2)).await;
+        assert!(matches!(lost, Err(BusError::IncompleteResponse(_))), "{lost:?}");
+        assert_eq!(sent(&recorder).len() as u32, 2 + 1 + settings.retries);
+        assert_eq!(failures.load(Ordering::Relaxed), 1);
+        drop(deleter);
+        work.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_a_stopped_batcher_never_sent_are_answered_as_such() {
+        let recorder = Arc::new(Recorder::default());
+        let failures = Arc::new(AtomicU64::new(0));
+        let settings = BatchSettings::new(Duration::from_millis(10));
+
+        // Killed while an entry waits for company: the entry is dropped unsent.
+        let (deleter, work) = Batcher::<ReceiptHandle>::new(recorder.clone(), settings, failures.clone());
+        let work = tokio::spawn(work);
+        let waiting = tokio::spawn({
+            let deleter = deleter.clone();
+            async move { deleter.submit_and_wait(handle(1)).await }
+        });
+        sleep(Duration::from_millis(5)).await;
+        work.abort();
+        assert_eq!(waiting.await.unwrap(), Err(BusError::StoppedBeforeSending));
+
+        // Submitted after the batcher is gone.
+        assert_eq!(deleter.submit_and_wait(handle(2)).await, Err(BusError::StoppedBeforeSending));
+        assert!(sent(&recorder).is_empty(), "nothing reached the broker");
+        assert_eq!(failures.load(Ordering::Relaxed), 0, "not a broker failure");
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use orders::PaymentConfig;
+use service_shell::defaults;
 
 /// How the worker's processing slots reach the payment processor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,6 +102,105 @@ pub struct WorkerConfig {
     pub worker_id: String,
 }
 
+/// How the consumers reach the payment processor, as a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GateModeArg {
+    /// Each consumer owns a single-slot payment gate, so throughput grows with consumers (consumers / latency).
+    PerConsumer,
+    /// All consumers share one gate of --gate-slots slots, so throughput caps at slots / latency whatever the
+    /// number of consumers.
+    Shared,
+}
+
+/// The processing slots and their payment gates: the flags every host of a worker takes (the worker binary, the
+/// load tool's in-process pipeline).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct GateArgs {
+    /// Orders processed concurrently (processing slots).
+    #[arg(
+        long,
+        env = "WORKER_CONSUMERS",
+        default_value_t = WorkerConfig::default().consumers as u32,
+        value_parser = clap::value_parser!(u32).range(1..=100_000),
+    )]
+    pub consumers: u32,
+    /// How the consumers reach the payment processor.
+    #[arg(long, env = "GATE_MODE", value_enum, default_value_t = GateModeArg::PerConsumer)]
+    pub gate_mode: GateModeArg,
+    /// Slots of the shared gate (payments at once), with --gate-mode shared.
+    #[arg(long, env = "GATE_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub gate_slots: u32,
+}
+
+impl GateArgs {
+    /// The gate mode these flags choose.
+    pub fn gate_mode(&self) -> GateMode {
+        match self.gate_mode {
+            GateModeArg::PerConsumer => GateMode::PerConsumer,
+            GateModeArg::Shared => GateMode::Shared { slots: self.gate_slots as usize },
+        }
+    }
+}
+
+/// The worker binary's tuning flags; [`WorkerArgs::config`] turns them into a [`WorkerConfig`], whose `Default`
+/// is where each flag's default comes from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub gate: GateArgs,
+    /// The simulated payment processor (its slots come from the gate mode).
+    #[command(flatten)]
+    pub payment: PaymentConfig,
+    /// Long-polling receivers feeding the consumers; 0 chooses one per ten consumers, at most 16.
+    #[arg(long, env = "WORKER_POLLERS", default_value_t = WorkerConfig::default().pollers)]
+    pub pollers: usize,
+    /// The queue's visibility timeout; the heartbeat extends messages whose processing could outlast it.
+    #[arg(
+        long,
+        env = "VISIBILITY_TIMEOUT",
+        default_value = defaults::duration(WorkerConfig::default().visibility_timeout),
+        value_parser = humantime::parse_duration,
+    )]
+    pub visibility_timeout: Duration,
+    /// The queue's redrive maxReceiveCount: on its last allowed receive a failing message is dead-lettered
+    /// with its reason. 0 leaves it to the redrive policy.
+    #[arg(long, env = "MAX_RECEIVE_COUNT", default_value_t = WorkerConfig::default().max_receive_count)]
+    pub max_receive_count: u32,
+    /// Recently settled order ids remembered, so redelivered orders are not charged twice.
+    #[arg(long, env = "DEDUPE_CAPACITY", default_value_t = WorkerConfig::default().dedupe_capacity)]
+    pub dedupe_capacity: usize,
+    /// After SIGTERM/SIGINT, how long in-flight payments may finish before their messages are released.
+    #[arg(
+        long,
+        env = "SHUTDOWN_DEADLINE",
+        default_value = defaults::duration(WorkerConfig::default().shutdown_deadline),
+        value_parser = humantime::parse_duration,
+    )]
+    pub shutdown_deadline: Duration,
+    /// This worker's name in the ledger (owner of its claims), unique per process; random by default.
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+impl WorkerArgs {
+    /// The worker's configuration: these flags over [`WorkerConfig::default`].
+    pub fn config(&self) -> WorkerConfig {
+        WorkerConfig {
+            consumers: self.gate.consumers as usize,
+            gate_mode: self.gate.gate_mode(),
+            payment: self.payment.clone(),
+            pollers: self.pollers,
+            visibility_timeout: self.visibility_timeout,
+            max_receive_count: self.max_receive_count,
+            dedupe_capacity: self.dedupe_capacity,
+            shutdown_deadline: self.shutdown_deadline,
+            worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+            ..WorkerConfig::default()
+        }
+    }
+}
+
 /// The most pollers chosen automatically (see [`WorkerConfig::pollers`]).
 pub const AUTO_POLLERS_MAX: usize = 16;
 
@@ -112,8 +212,8 @@ impl Default for WorkerConfig {
             payment: PaymentConfig::default(),
             pollers: 0,
             receive_wait: bus::MAX_WAIT,
-            visibility_timeout: Duration::from_secs(30),
-            max_receive_count: 5,
+            visibility_timeout: bus::QueueSettings::default().visibility_timeout,
+            max_receive_count: bus::QueueSettings::default().max_receive_count,
             retry_backoff: Backoff { base: Duration::from_secs(5), max: Duration::from_secs(15 * 60) },
             poll_backoff: Backoff { base: Duration::from_millis(100), max: Duration::from_secs(20) },
             batch_flush_interval: Duration::from_millis(10),

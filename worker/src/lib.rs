@@ -41,9 +41,11 @@ use ledger::Ledger;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AUTO_POLLERS_MAX, Backoff, GateMode, WorkerConfig, default_worker_id};
+pub use config::{
+    AUTO_POLLERS_MAX, Backoff, GateArgs, GateMode, GateModeArg, WorkerArgs, WorkerConfig, default_worker_id,
+};
 pub use http::{http_app, serve_http};
-pub use stats::{LatencySummary, WorkerStats, metric_names};
+pub use stats::{LatencySummary, METRIC_BUCKETS, WorkerStats, metric_names};
 
 use crate::batcher::{BatchSettings, Batcher};
 use crate::dedupe::RecentOrders;
@@ -55,7 +57,8 @@ use crate::stats::Stats;
 /// After the shutdown deadline, how long releasing the unfinished messages may take.
 const RELEASE_GRACE: Duration = Duration::from_secs(3);
 
-/// How long the final flush of deletes and visibility changes may take (their retries add up to about 3 s).
+/// How long the final flush of deletes and visibility changes may take: an entry's retries pause 1.5 s in all,
+/// plus the calls themselves.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// Why a worker could not run.

@@ -5,6 +5,7 @@
 //! test's local one): the hot path pays an atomic add, not a registry lookup. Latencies go to HDR histograms, which give exact
 //! percentiles in constant memory.
 
+use service_shell::prometheus::{Buckets, MetricName, bucket_sets};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -144,13 +145,26 @@ impl Latency {
     }
 }
 
-/// Prometheus metric names, for the binary's bucket configuration and for dashboards.
+/// Prometheus metric names, for the bucket configuration and for dashboards.
 pub mod metric_names {
     /// Histogram (seconds): receipt to settlement.
     pub const PROCESSING_SECONDS: &str = "worker_processing_seconds";
     /// Histogram (seconds): the receiver's acceptance to settlement.
     pub const END_TO_END_SECONDS: &str = "worker_end_to_end_seconds";
 }
+
+/// The buckets of the worker's histograms, for [`service_shell::prometheus::install`] in every process that
+/// hosts a worker: processing from a fast payment to minutes of retries, end to end up to a four-hour backlog.
+pub const METRIC_BUCKETS: &[Buckets] = &[
+    Buckets {
+        metric: MetricName::Exact(metric_names::PROCESSING_SECONDS),
+        bounds: bucket_sets::PROCESSING_SECONDS,
+    },
+    Buckets {
+        metric: MetricName::Exact(metric_names::END_TO_END_SECONDS),
+        bounds: bucket_sets::END_TO_END_SECONDS,
+    },
+];
 
 /// Everything the worker counts.
 pub(crate) struct Stats {

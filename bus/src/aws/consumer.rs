@@ -11,7 +11,7 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName, QueueAttributeName,
 };
 
-use super::batch::{EntryRetries, FailedEntry, match_entries};
+use super::batch::{EntryAnswers, FailedEntry, match_entries};
 use super::check_message;
 use super::error::{Call, from_sdk_error};
 use crate::{
@@ -87,9 +87,10 @@ impl AwsConsumer {
             .map_err(|error| from_sdk_error(error, Call::new("sqs:GetQueueAttributes", queue_url)))?;
         let count = |name: &QueueAttributeName| -> Result<u64, BusError> {
             let value = output.attributes().and_then(|attributes| attributes.get(name));
-            value.and_then(|value| value.parse().ok()).ok_or_else(|| BusError::Transient {
-                code: "MissingAttribute".into(),
-                message: format!("GetQueueAttributes on {queue_url} answered {name}={value:?}"),
+            value.and_then(|value| value.parse().ok()).ok_or_else(|| {
+                BusError::IncompleteResponse(format!(
+                    "GetQueueAttributes on {queue_url} answered {name}={value:?}"
+                ))
             })
         };
         Ok((
@@ -130,54 +131,54 @@ impl Consumer for AwsConsumer {
         Ok(output.messages().iter().filter_map(received).collect())
     }
 
+    /// Each handle is sent once; entries SQS fails without it being the sender's fault come back retryable.
     async fn delete_batch(&self, handles: Vec<ReceiptHandle>) -> Result<Vec<EntryResult<()>>, BusError> {
         check_batch_size(handles.len())?;
         let call = Call::new("sqs:DeleteMessage", &self.queue_url);
-        let mut batch = EntryRetries::new(handles.len());
+        let mut batch = EntryAnswers::new(handles.len());
         for (i, handle) in handles.iter().enumerate() {
             if handle.0.is_empty() {
                 batch.record(i, Err(BusError::ReceiptHandleInvalid("empty receipt handle".into())));
             }
         }
-        while let Some(indices) = batch.next_attempt().await {
-            let entries = indices
-                .iter()
-                .map(|&i| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(&handles[i].0)
-                        .build()
-                        .map_err(|error| BusError::InvalidParameter(error.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let sent = self
-                .client
-                .delete_message_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
-                .send();
-            match sent.await {
-                Ok(output) => {
-                    let succeeded = output.successful().iter().map(|entry| (entry.id(), ()));
-                    let failed = output.failed().iter().map(failed_entry);
-                    for (i, result) in match_entries(&indices, succeeded, failed, call) {
-                        batch.record(i, result);
-                    }
+        let indices = batch.unanswered();
+        if indices.is_empty() {
+            return batch.finish();
+        }
+        let entries = indices
+            .iter()
+            .map(|&i| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(&handles[i].0)
+                    .build()
+                    .map_err(|error| BusError::InvalidParameter(error.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let sent =
+            self.client.delete_message_batch().queue_url(&self.queue_url).set_entries(Some(entries)).send();
+        match sent.await {
+            Ok(output) => {
+                let succeeded = output.successful().iter().map(|entry| (entry.id(), ()));
+                let failed = output.failed().iter().map(failed_entry);
+                for (i, result) in match_entries(&indices, succeeded, failed, call) {
+                    batch.record(i, result);
                 }
-                Err(error) => batch.record_call_failure(&indices, from_sdk_error(error, call)),
             }
+            Err(error) => batch.record_call_failure(&indices, from_sdk_error(error, call)),
         }
         batch.finish()
     }
 
-    /// Timeouts are rounded up to whole seconds, as SQS counts them.
+    /// Timeouts are rounded up to whole seconds, as SQS counts them. Each change is sent once; entries SQS fails
+    /// without it being the sender's fault come back retryable.
     async fn change_visibility_batch(
         &self,
         changes: Vec<VisibilityChange>,
     ) -> Result<Vec<EntryResult<()>>, BusError> {
         check_batch_size(changes.len())?;
         let call = Call::new("sqs:ChangeMessageVisibility", &self.queue_url);
-        let mut batch = EntryRetries::new(changes.len());
+        let mut batch = EntryAnswers::new(changes.len());
         for (i, change) in changes.iter().enumerate() {
             if change.timeout > MAX_VISIBILITY {
                 let message = format!("visibility timeout {:?} is over SQS's 12 hours", change.timeout);
@@ -186,36 +187,38 @@ impl Consumer for AwsConsumer {
                 batch.record(i, Err(BusError::ReceiptHandleInvalid("empty receipt handle".into())));
             }
         }
-        while let Some(indices) = batch.next_attempt().await {
-            let entries = indices
-                .iter()
-                .map(|&i| {
-                    let timeout = changes[i].timeout;
-                    let seconds = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(&changes[i].receipt_handle.0)
-                        .visibility_timeout(seconds as i32)
-                        .build()
-                        .map_err(|error| BusError::InvalidParameter(error.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let sent = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
-                .send();
-            match sent.await {
-                Ok(output) => {
-                    let succeeded = output.successful().iter().map(|entry| (entry.id(), ()));
-                    let failed = output.failed().iter().map(failed_entry);
-                    for (i, result) in match_entries(&indices, succeeded, failed, call) {
-                        batch.record(i, result);
-                    }
+        let indices = batch.unanswered();
+        if indices.is_empty() {
+            return batch.finish();
+        }
+        let entries = indices
+            .iter()
+            .map(|&i| {
+                let timeout = changes[i].timeout;
+                let seconds = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(&changes[i].receipt_handle.0)
+                    .visibility_timeout(seconds as i32)
+                    .build()
+                    .map_err(|error| BusError::InvalidParameter(error.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let sent = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send();
+        match sent.await {
+            Ok(output) => {
+                let succeeded = output.successful().iter().map(|entry| (entry.id(), ()));
+                let failed = output.failed().iter().map(failed_entry);
+                for (i, result) in match_entries(&indices, succeeded, failed, call) {
+                    batch.record(i, result);
                 }
-                Err(error) => batch.record_call_failure(&indices, from_sdk_error(error, call)),
             }
+            Err(error) => batch.record_call_failure(&indices, from_sdk_error(error, call)),
         }
         batch.finish()
     }
@@ -240,9 +243,8 @@ impl Consumer for AwsConsumer {
             .send()
             .await
             .map_err(|error| from_sdk_error(error, Call::new("sqs:SendMessage", dead_letter_url)))?;
-        output.message_id().map(str::to_owned).ok_or_else(|| BusError::Transient {
-            code: "MissingMessageId".into(),
-            message: "SQS acknowledged a send without a message id".into(),
+        output.message_id().map(str::to_owned).ok_or_else(|| {
+            BusError::IncompleteResponse("SQS acknowledged a send without a message id".into())
         })
     }
 
@@ -349,5 +351,27 @@ mod tests {
     #[test]
     fn skips_a_message_that_cannot_be_acknowledged() {
         assert_eq!(received(&Message::builder().message_id("m").body("{}").build()), None);
+    }
+
+    #[tokio::test]
+    async fn sends_each_entry_once_and_reports_what_the_answer_left_out() {
+        use crate::aws::scripted_endpoint::ScriptedEndpoint;
+        // Entry 0 deleted, entry 1 failed by SQS (not the sender's fault), entry 2 missing from the answer.
+        let answer = r#"{"Successful":[{"Id":"0"}],"Failed":[{"Id":"1","Code":"InternalError","SenderFault":false,"Message":"try again"}]}"#;
+        let sqs = ScriptedEndpoint::start("application/x-amz-json-1.0", answer.into()).await;
+        let consumer = AwsConsumer::new(&sqs.config().await, format!("{}/123456789012/orders", sqs.url));
+        let handles = (0..3).map(|i| ReceiptHandle(format!("r-{i}"))).collect();
+        let results = consumer.delete_batch(handles).await.unwrap();
+        assert_eq!(results[0], Ok(()));
+        assert!(
+            matches!(&results[1], Err(BusError::Transient { code, .. }) if code == "InternalError"),
+            "{:?}",
+            results[1]
+        );
+        assert!(matches!(&results[2], Err(BusError::IncompleteResponse(_))), "{:?}", results[2]);
+        assert!(results[1..].iter().all(|result| result.as_ref().is_err_and(BusError::is_retryable)));
+        let requests = sqs.requests();
+        assert_eq!(requests.len(), 1, "failed entries are the caller's to resend: {requests:?}");
+        assert!(requests[0].contains("r-1") && requests[0].contains("r-2"), "{}", requests[0]);
     }
 }

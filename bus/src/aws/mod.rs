@@ -10,6 +10,11 @@
 //! override `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_SNS` / `AWS_ENDPOINT_URL_SQS`), so the same binaries run
 //! against AWS, LocalStack or moto without a custom flag.
 //!
+//! Retries: the SDK retries a whole call that fails with throttling, a 5xx or a timeout (its standard retry
+//! mode, three attempts) before an error reaches the caller. Entries of a batch call that fail on their own
+//! are sent once and reported per entry; sending them again is the caller's decision (the worker's and the
+//! receiver's batchers do it, the same way over the embedded bus).
+//!
 //! Local emulators are laxer than AWS (moto accepts 11-entry batches, empty bodies and oversized batches), so
 //! this adapter checks AWS's limits itself before calling: a program that works here also works on AWS.
 
@@ -26,6 +31,8 @@ mod consumer;
 mod error;
 pub mod provision;
 mod publisher;
+#[cfg(test)]
+mod scripted_endpoint;
 
 pub use consumer::AwsConsumer;
 pub use publisher::AwsPublisher;

@@ -16,9 +16,9 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::json;
 
 use super::error::{Call, from_sdk_error};
-use crate::{BusError, MAX_VISIBILITY, MAX_WAIT};
+use crate::{BusError, MAX_VISIBILITY, MAX_WAIT, QueueSettings};
 
-/// What to create. The defaults match `terraform/variables.tf`.
+/// What to create. The settings default to [`QueueSettings::default`], which `terraform/variables.tf` matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProvisionSpec {
     /// SNS topic the receiver publishes orders to.
@@ -45,15 +45,16 @@ impl ProvisionSpec {
     /// The stack named like Terraform's `var.name`: topic and queue `{prefix}-orders`, dead-letter queue
     /// `{prefix}-orders-dlq`, with the default settings.
     pub fn named(prefix: &str) -> Self {
+        let settings = QueueSettings::default();
         Self {
             topic_name: format!("{prefix}-orders"),
             queue_name: format!("{prefix}-orders"),
             dead_letter_queue_name: format!("{prefix}-orders-dlq"),
-            visibility_timeout: Duration::from_secs(30),
-            retention: Duration::from_secs(4 * 24 * 60 * 60),
+            visibility_timeout: settings.visibility_timeout,
+            retention: settings.retention,
             receive_wait: MAX_WAIT,
-            dead_letter_retention: Duration::from_secs(14 * 24 * 60 * 60),
-            max_receive_count: 5,
+            dead_letter_retention: settings.dead_letter_retention,
+            max_receive_count: settings.max_receive_count,
         }
     }
 
@@ -241,10 +242,7 @@ fn seconds(duration: Duration) -> String {
 }
 
 fn missing(operation: &str, field: &str) -> BusError {
-    BusError::Transient {
-        code: "IncompleteResponse".into(),
-        message: format!("{operation} answered without {field}"),
-    }
+    BusError::IncompleteResponse(format!("{operation} answered without {field}"))
 }
 
 /// Creates a queue, or finds it. CreateQueue is idempotent when the attributes match; when an earlier run

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 
-use super::batch::{EntryRetries, FailedEntry, match_entries};
+use super::batch::{EntryAnswers, FailedEntry, match_entries};
 use super::check_message;
 use super::error::{Call, from_sdk_error};
 use crate::{
@@ -50,9 +50,8 @@ impl AwsPublisher {
             .send()
             .await
             .map_err(|error| from_sdk_error(error, self.call()))?;
-        output.message_id().map(str::to_owned).ok_or_else(|| BusError::Transient {
-            code: "MissingMessageId".into(),
-            message: "SNS acknowledged a publish without a message id".into(),
+        output.message_id().map(str::to_owned).ok_or_else(|| {
+            BusError::IncompleteResponse("SNS acknowledged a publish without a message id".into())
         })
     }
 
@@ -105,26 +104,24 @@ impl Publisher for AwsPublisher {
         self.publish_checked(&message).await
     }
 
-    /// Entries that break an SNS limit fail alone without being sent; the rest go out in as few PublishBatch
-    /// calls as SNS's limits allow (normally one). Entries SNS fails without it being the sender's fault are
-    /// retried a bounded number of times.
+    /// Entries that break an SNS limit fail alone without being sent; the rest go out once, in as few
+    /// PublishBatch calls as SNS's limits allow (normally one). Entries SNS fails without it being the sender's
+    /// fault come back retryable, for the caller to send again.
     async fn publish_batch(
         &self,
         messages: Vec<OutgoingMessage>,
     ) -> Result<Vec<EntryResult<MessageId>>, BusError> {
         check_batch_size(messages.len())?;
-        let mut batch = EntryRetries::new(messages.len());
+        let mut batch = EntryAnswers::new(messages.len());
         for (i, message) in messages.iter().enumerate() {
             if let Err(error) = check_message(message) {
                 batch.record(i, Err(error));
             }
         }
-        while let Some(indices) = batch.next_attempt().await {
-            for call in pack(&messages, &indices) {
-                match self.send(&messages, &call).await {
-                    Ok(results) => results.into_iter().for_each(|(i, result)| batch.record(i, result)),
-                    Err(error) => batch.record_call_failure(&call, error),
-                }
+        for call in pack(&messages, &batch.unanswered()) {
+            match self.send(&messages, &call).await {
+                Ok(results) => results.into_iter().for_each(|(i, result)| batch.record(i, result)),
+                Err(error) => batch.record_call_failure(&call, error),
             }
         }
         batch.finish()
@@ -202,5 +199,29 @@ mod tests {
         let value = &attributes[crate::ATTR_SCHEMA_VERSION];
         assert_eq!((value.data_type(), value.string_value()), ("String", Some("1")));
         assert_eq!(sns_attributes(&BTreeMap::new()).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn publishes_each_entry_once_and_reports_what_the_answer_left_out() {
+        use crate::aws::scripted_endpoint::ScriptedEndpoint;
+        // Entry 0 published, entry 1 failed by SNS (not the sender's fault), entry 2 missing from the answer.
+        let answer = "<PublishBatchResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\"><PublishBatchResult>\
+            <Successful><member><Id>0</Id><MessageId>m-0</MessageId></member></Successful>\
+            <Failed><member><Id>1</Id><Code>InternalError</Code><SenderFault>false</SenderFault></member></Failed>\
+            </PublishBatchResult><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></PublishBatchResponse>";
+        let sns = ScriptedEndpoint::start("text/xml", answer.into()).await;
+        let publisher = AwsPublisher::new(&sns.config().await, "arn:aws:sns:us-east-1:123456789012:orders");
+        let messages = (0..3).map(|i| OutgoingMessage::new(format!("order {i}"))).collect();
+        let results = publisher.publish_batch(messages).await.unwrap();
+        assert_eq!(results[0], Ok("m-0".to_owned()));
+        assert!(
+            matches!(&results[1], Err(BusError::Transient { code, .. }) if code == "InternalError"),
+            "{:?}",
+            results[1]
+        );
+        assert!(matches!(&results[2], Err(BusError::IncompleteResponse(_))), "{:?}", results[2]);
+        let requests = sns.requests();
+        assert_eq!(requests.len(), 1, "failed entries are the caller's to resend: {requests:?}");
+        assert!(requests[0].contains("Action=PublishBatch"), "{}", requests[0]);
     }
 }

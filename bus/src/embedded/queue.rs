@@ -58,11 +58,8 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self {
-            visibility_timeout: Duration::from_secs(30),
-            retention: Duration::from_secs(4 * 24 * 60 * 60),
-            redrive: None,
-        }
+        let settings = crate::QueueSettings::default();
+        Self { visibility_timeout: settings.visibility_timeout, retention: settings.retention, redrive: None }
     }
 }
 

@@ -1,0 +1,11 @@
+//! The receiver's integration tests, in one test binary (one link, one process): the HTTP API over real
+//! sockets, and the binary itself.
+
+mod async_orders;
+mod bad_input;
+mod binary;
+mod common;
+mod idempotency;
+mod metrics;
+mod order_ledger;
+mod sync_orders;
