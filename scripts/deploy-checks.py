@@ -17,6 +17,15 @@
   plan-variants PLAN_JSON
       The plan with egress_mode=endpoints and a certificate: VPC endpoints (DynamoDB's gateway
       among them) replace the NAT gateway, an HTTPS listener appears and port 80 redirects to it.
+  plan-rollback PLAN_JSON
+      The README's rollback command (`terraform apply -var image_tag=<previous>`) planned on the applied
+      stack: both task definitions get a new revision with the other tag, both services move to it in
+      place, and nothing else changes.
+  plan-hardening PLAN_JSON
+      A plan on the applied stack with other hardening variables (worker on Fargate Spot, another
+      shutdown deadline, sync timeout and SLO): the worker service changes in place to its Spot
+      strategy, stopTimeout and deregistration delay cover their budgets, the SLO alarms follow their
+      variables, and the IAM roles and the topic policy are as they must be.
   plan-ledger PLAN_JSON
       A plan on the applied stack with other ledger variables: the order ledger table as it must be
       (on-demand, order_id string hash key, TTL on expires_at, SSE with the stack key, point-in-time
@@ -29,6 +38,8 @@ Each assertion prints "ok" or "FAIL"; the exit status is 1 if any failed.
 
 import fnmatch
 import json
+import pathlib
+import re
 import sys
 import time
 import uuid
@@ -37,6 +48,21 @@ QUEUE_RETENTION = 4 * 24 * 3600  # the issue: 4 days
 DLQ_RETENTION = 14 * 24 * 3600  # the issue: 14 days
 RECEIVE_WAIT = 20  # the issue: long polling, 20 s
 LEDGER_RETENTION_DAYS = 15  # variables.tf default of ledger_retention_days
+WORKER_LIB = pathlib.Path(__file__).resolve().parent.parent / "worker" / "src" / "lib.rs"
+FARGATE_MAX_STOP_TIMEOUT = 120
+# variables.tf defaults: the receiver's SYNC_TIMEOUT, the worker's SHUTDOWN_DEADLINE, the SLO.
+SYNC_TIMEOUT_SECONDS = 10
+SHUTDOWN_DEADLINE_SECONDS = 25
+SLO_TARGET_PERCENT, SLO_WINDOW_DAYS = 99.9, 30
+# The burn-rate pairs: (long window, short window) in seconds, and the factor at the defaults.
+BURN_PAIRS = {"fast": ((3600, 300), 14.4), "slow": ((21600, 1800), 6.0)}
+# The roles and the prefix each one's name starts with (after "<name>-"): name_prefix, never name.
+ROLE_PREFIXES = {"execution": "ecs-execution-", "receiver": "receiver-task-", "worker": "worker-task-", "flow_log": "flow-log-"}
+# Every action the orders topic's policy denies without TLS.
+SNS_TOPIC_ACTIONS = sorted([
+    "SNS:GetTopicAttributes", "SNS:SetTopicAttributes", "SNS:AddPermission", "SNS:RemovePermission",
+    "SNS:DeleteTopic", "SNS:Subscribe", "SNS:ListSubscriptionsByTopic", "SNS:Publish",
+])
 
 # The order ledger: what each task role may do on the table, and nothing else. Every access is by
 # order_id, so Scan and Query (and any wildcard that covers them) must never be granted.
@@ -135,6 +161,73 @@ def kms_via_dynamodb(statements, key_arn):
     ]
 
 
+# --- shared by smoke and the plans -------------------------------------------------------------
+
+
+def seconds(humantime):
+    """"25s" -> 25 (the services' duration variables, as Terraform writes them)."""
+    match = re.fullmatch(r"(\d+)s", humantime or "")
+    return int(match.group(1)) if match else None
+
+
+def worker_graces():
+    """RELEASE_GRACE and FLUSH_GRACE of worker/src/lib.rs, in seconds: what the worker may still take
+    after its shutdown deadline."""
+    text = WORKER_LIB.read_text()
+    found = {}
+    for name in ("RELEASE_GRACE", "FLUSH_GRACE"):
+        match = re.search(rf"const {name}: Duration = Duration::from_secs\((\d+)\);", text)
+        found[name] = int(match.group(1)) if match else None
+    return found
+
+
+def check_budgets(c, containers, deregistration_delays):
+    """The stop and drain budgets: the worker's stopTimeout covers SHUTDOWN_DEADLINE + the worker's
+    graces within Fargate's maximum, and every receiver target group's deregistration delay covers
+    the longest request (SYNC_TIMEOUT + PAYMENT_LATENCY)."""
+    graces = worker_graces()
+    c.check("worker/src/lib.rs still declares RELEASE_GRACE and FLUSH_GRACE in whole seconds",
+            None not in graces.values(), graces)
+    worker = containers.get("worker", {})
+    env = {pair["name"]: pair["value"] for pair in worker.get("environment", [])}
+    deadline, stop = seconds(env.get("SHUTDOWN_DEADLINE")), worker.get("stopTimeout")
+    needed = (deadline or 0) + sum(v or 0 for v in graces.values())
+    c.check(f"worker: SHUTDOWN_DEADLINE ({env.get('SHUTDOWN_DEADLINE')}) is set", deadline is not None)
+    c.check(f"worker: stopTimeout {stop} s covers SHUTDOWN_DEADLINE + RELEASE_GRACE + FLUSH_GRACE = {needed} s, "
+            f"with a margin, within Fargate's {FARGATE_MAX_STOP_TIMEOUT} s",
+            isinstance(stop, int) and needed < stop <= FARGATE_MAX_STOP_TIMEOUT, stop)
+    receiver = containers.get("receiver", {})
+    env = {pair["name"]: pair["value"] for pair in receiver.get("environment", [])}
+    longest = (seconds(env.get("SYNC_TIMEOUT")) or 0) + (seconds(env.get("PAYMENT_LATENCY")) or 0)
+    c.check(f"receiver: SYNC_TIMEOUT ({env.get('SYNC_TIMEOUT')}) and PAYMENT_LATENCY are set",
+            seconds(env.get("SYNC_TIMEOUT")) is not None and seconds(env.get("PAYMENT_LATENCY")) is not None)
+    c.check("two receiver target groups (default and POST /orders/async)", len(deregistration_delays) == 2, deregistration_delays)
+    for group, delay in deregistration_delays.items():
+        c.check(f"target group {group}: deregistration delay {delay} s covers SYNC_TIMEOUT + PAYMENT_LATENCY = {longest} s",
+                delay is not None and int(delay) >= longest > 0, delay)
+
+
+def check_topic_policy(c, policy, topic_arn, receiver_role_arn):
+    """Only the receiver's role publishes to the orders topic, and nothing reaches it without TLS."""
+    statements = {s.get("Sid"): s for s in policy.get("Statement", [])}
+    c.equal("topic policy: exactly the publish allow, the publish deny and the TLS deny",
+            sorted(statements), ["DenyRequestsWithoutTls", "NobodyElsePublishes", "ReceiverPublishesOrders"])
+    allow = statements.get("ReceiverPublishesOrders", {})
+    c.equal("topic policy: the receiver's role may publish",
+            (allow.get("Effect"), allow.get("Principal"), allow.get("Action"), allow.get("Resource")),
+            ("Allow", {"AWS": receiver_role_arn}, "SNS:Publish", topic_arn))
+    deny = statements.get("NobodyElsePublishes", {})
+    c.equal("topic policy: every other principal is denied publishing",
+            (deny.get("Effect"), deny.get("Principal"), deny.get("Action"), deny.get("Resource"), deny.get("Condition")),
+            ("Deny", {"AWS": "*"}, "SNS:Publish", topic_arn, {"ArnNotEquals": {"aws:PrincipalArn": receiver_role_arn}}))
+    tls = statements.get("DenyRequestsWithoutTls", {})
+    c.equal("topic policy: requests without TLS are denied, for every topic action",
+            (tls.get("Effect"), tls.get("Principal"), sorted(as_list(tls.get("Action"))), tls.get("Resource"), tls.get("Condition")),
+            ("Deny", {"AWS": "*"}, SNS_TOPIC_ACTIONS, topic_arn, {"Bool": {"aws:SecureTransport": "false"}}))
+    allows = [s for s in policy.get("Statement", []) if s.get("Effect") == "Allow"]
+    c.check("topic policy: no other Allow", len(allows) == 1, allows)
+
+
 # --- smoke: the applied stack on moto ---------------------------------------------------------
 
 
@@ -144,9 +237,9 @@ def smoke(outputs_path, endpoint, max_receive_count):
 
     outputs = {key: value["value"] for key, value in json.load(open(outputs_path)).items()}
     session = boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
-    sns, sqs, ecs, elbv2, iam, cloudwatch, dynamodb = (
+    sns, sqs, ecs, elbv2, iam, cloudwatch, dynamodb, ecr = (
         session.client(service, endpoint_url=endpoint)
-        for service in ("sns", "sqs", "ecs", "elbv2", "iam", "cloudwatch", "dynamodb")
+        for service in ("sns", "sqs", "ecs", "elbv2", "iam", "cloudwatch", "dynamodb", "ecr")
     )
     c = Checks()
     topic_arn, queue_url, dlq_url = outputs["orders_topic_arn"], outputs["orders_queue_url"], outputs["orders_dlq_url"]
@@ -220,6 +313,18 @@ def smoke(outputs_path, endpoint, max_receive_count):
     if subscriptions:
         attrs = sns.get_subscription_attributes(SubscriptionArn=subscriptions[0]["SubscriptionArn"])["Attributes"]
         c.equal("subscription raw message delivery", attrs.get("RawMessageDelivery"), "true")
+        undelivered = attributes(outputs["orders_undelivered_queue_url"])
+        c.equal("subscription redrive policy: undeliverable orders go to their own DLQ",
+                json.loads(attrs.get("RedrivePolicy") or "{}"), {"deadLetterTargetArn": undelivered["QueueArn"]})
+        c.check("the subscription's DLQ is neither the orders queue nor its DLQ",
+                undelivered["QueueArn"] not in (queue["QueueArn"], dlq["QueueArn"]), undelivered["QueueArn"])
+        c.equal("subscription DLQ: SSE-SQS, 14 days", (undelivered.get("SqsManagedSseEnabled"), int(undelivered["MessageRetentionPeriod"])),
+                ("true", DLQ_RETENTION))
+        policy = json.loads(undelivered.get("Policy", '{"Statement": []}'))["Statement"]
+        c.equal("subscription DLQ policy: only SNS, on behalf of the orders topic, may send",
+                [(s.get("Effect"), s.get("Principal"), s.get("Action"), s.get("Resource"), s.get("Condition")) for s in policy],
+                [("Allow", {"Service": "sns.amazonaws.com"}, "sqs:SendMessage", undelivered["QueueArn"],
+                  {"ArnEquals": {"aws:SourceArn": topic_arn}})])
 
     print("  dynamodb: the order ledger table")
     cluster = outputs["ecs_cluster_name"]
@@ -285,6 +390,7 @@ def smoke(outputs_path, endpoint, max_receive_count):
         },
     }
     role_arns = {}
+    containers = {}
     for service, name in names.items():
         if name not in services:
             continue
@@ -311,13 +417,51 @@ def smoke(outputs_path, endpoint, max_receive_count):
         c.equal(f"{service}: port mapping", [p["containerPort"] for p in container["portMappings"]], [int(env.get("PORT", 0))])
         c.equal(f"{service}: awslogs", container.get("logConfiguration", {}).get("logDriver"), "awslogs")
         c.check(f"{service}: read-only root filesystem", container.get("readonlyRootFilesystem") is True)
+        containers[service] = container
 
     print("  alb: target group on /health, listener on 80")
     receiver = services.get(names["receiver"], {})
     balancers = receiver.get("loadBalancers", [])
-    c.equal("receiver registered behind the ALB on 8080", [(b["containerName"], b["containerPort"]) for b in balancers], [("receiver", 8080)])
+    c.equal("receiver registered behind both target groups on 8080",
+            [(b["containerName"], b["containerPort"]) for b in balancers], [("receiver", 8080)] * 2)
+    groups = {g["TargetGroupName"]: g for g in elbv2.describe_target_groups(TargetGroupArns=[b["targetGroupArn"] for b in balancers])["TargetGroups"]} if balancers else {}
+    c.equal("target groups: default and POST /orders/async", sorted(groups), sorted([f"{cluster}-receiver", f"{cluster}-async"]))
+    delays = {}
+    for name, found in groups.items():
+        attributes_of = {a["Key"]: a["Value"] for a in elbv2.describe_target_group_attributes(TargetGroupArn=found["TargetGroupArn"])["Attributes"]}
+        delays[name] = attributes_of.get("deregistration_delay.timeout_seconds")
+        c.equal(f"{name}: health check /health on 8080, ip targets",
+                (found.get("HealthCheckPath"), found.get("Port"), found.get("TargetType")), ("/health", 8080, "ip"))
+
+    print("  budgets: stopTimeout and deregistration delay cover the services' deadlines")
+    check_budgets(c, containers, delays)
+    budget = outputs["worker_stop_budget"]
+    graces = worker_graces()
+    c.equal("Terraform's worker graces are worker/src/lib.rs's RELEASE_GRACE and FLUSH_GRACE",
+            (budget.get("release_grace"), budget.get("flush_grace")), (graces["RELEASE_GRACE"], graces["FLUSH_GRACE"]))
+    c.equal("worker: SHUTDOWN_DEADLINE is worker_shutdown_deadline_seconds (default)",
+            seconds({p["name"]: p["value"] for p in containers.get("worker", {}).get("environment", [])}.get("SHUTDOWN_DEADLINE")),
+            SHUTDOWN_DEADLINE_SECONDS)
+    c.equal("receiver: SYNC_TIMEOUT is receiver_sync_timeout_seconds (default)",
+            seconds({p["name"]: p["value"] for p in containers.get("receiver", {}).get("environment", [])}.get("SYNC_TIMEOUT")),
+            SYNC_TIMEOUT_SECONDS)
+
+    print("  ecs: both Fargate capacity providers on the cluster")
+    found = ecs.describe_clusters(clusters=[cluster])["clusters"][0]
+    c.equal("cluster capacity providers FARGATE and FARGATE_SPOT", sorted(found.get("capacityProviders", [])), ["FARGATE", "FARGATE_SPOT"])
+    c.equal("cluster default strategy: regular Fargate", [(s["capacityProvider"], s.get("weight")) for s in found.get("defaultCapacityProviderStrategy", [])],
+            [("FARGATE", 1)])
+
+    print("  ecr: lifecycle rules never expire a tagged image")
+    for repository in ecr.describe_repositories()["repositories"]:
+        name = repository["repositoryName"]
+        rules = json.loads(ecr.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"])["rules"]
+        c.check(f"{name}: has a lifecycle policy", bool(rules))
+        c.equal(f"{name}: every expiring rule selects untagged images only",
+                sorted({r["selection"]["tagStatus"] for r in rules if r["action"]["type"] == "expire"}), ["untagged"])
     if balancers:
-        group = elbv2.describe_target_groups(TargetGroupArns=[balancers[0]["targetGroupArn"]])["TargetGroups"][0]
+        # The default target group; the listener rule sends only POST /orders/async to the other.
+        group = groups.get(f"{cluster}-receiver") or elbv2.describe_target_groups(TargetGroupArns=[balancers[0]["targetGroupArn"]])["TargetGroups"][0]
         c.equal("target group health check path", group.get("HealthCheckPath"), "/health")
         c.equal("target group port and type", (group.get("Port"), group.get("TargetType")), (8080, "ip"))
         listeners = elbv2.describe_listeners(LoadBalancerArn=group["LoadBalancerArns"][0])["Listeners"]
@@ -327,6 +471,14 @@ def smoke(outputs_path, endpoint, max_receive_count):
             [(80, group["TargetGroupArn"])],
         )
         c.check("alb_url output names the ALB", outputs["alb_url"].startswith("http://"), outputs["alb_url"])
+        async_group = groups.get(f"{cluster}-async", {})
+        rules = [r for r in elbv2.describe_rules(ListenerArn=listeners[0]["ListenerArn"])["Rules"] if not r.get("IsDefault")] if listeners else []
+        c.equal("one listener rule: POST /orders/async to its own target group",
+                [(sorted((cond["Field"], tuple((cond.get("PathPatternConfig") or cond.get("HttpRequestMethodConfig") or {}).get("Values", [])))
+                         for cond in r["Conditions"]),
+                  [(a["Type"], a.get("TargetGroupArn")) for a in r["Actions"]]) for r in rules],
+                [([("http-request-method", ("POST",)), ("path-pattern", ("/orders/async",))],
+                  [("forward", async_group.get("TargetGroupArn"))])])
 
     print("  iam: least privilege of the task roles")
 
@@ -366,6 +518,15 @@ def smoke(outputs_path, endpoint, max_receive_count):
         c.equal("worker sends only to its DLQ", resources_for(statements, "sqs:GetQueueAttributes", "sqs:SendMessage"), [dlq["QueueArn"]])
         c.equal("worker has nothing but the queue, the DLQ, the ledger and its key", len(statements), 4)
 
+    print("  iam: role names from name_prefix (unique per region), the topic policy")
+    roles = [r["RoleName"] for r in iam.list_roles()["Roles"]]
+    for role, prefix in ROLE_PREFIXES.items():
+        matching = [name for name in roles if name.startswith(f"{cluster}-{prefix}")]
+        c.check(f"{role} role: named {cluster}-{prefix}<unique suffix>",
+                len(matching) == 1 and len(matching[0]) > len(f"{cluster}-{prefix}"), roles)
+    if "receiver" in role_arns:
+        check_topic_policy(c, json.loads(topic.get("Policy") or "{}"), topic_arn, role_arns["receiver"])
+
     print("  cloudwatch: alarms")
     alarms = {a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNamePrefix=cluster + "-")["MetricAlarms"]}
 
@@ -388,17 +549,79 @@ def smoke(outputs_path, endpoint, max_receive_count):
     c.equal("DLQ not empty alarm: visible > 0 on the DLQ",
             (found.get("MetricName"), dimensions(found), found.get("Threshold"), found.get("ComparisonOperator")),
             ("ApproximateNumberOfMessagesVisible", {"QueueName": dlq_name}, 0.0, "GreaterThanThreshold"))
+    undelivered_name = outputs["orders_undelivered_queue_url"].rstrip("/").split("/")[-1]
+    found = alarm("orders-undelivered-not-empty")
+    c.equal("subscription DLQ not empty alarm: visible > 0",
+            (found.get("MetricName"), dimensions(found), found.get("Threshold"), found.get("ComparisonOperator")),
+            ("ApproximateNumberOfMessagesVisible", {"QueueName": undelivered_name}, 0.0, "GreaterThanThreshold"))
+    found = alarm("orders-delivery-failed")
+    c.equal("SNS delivery failures alarm: NumberOfNotificationsFailed > 0 on the orders topic",
+            (found.get("Namespace"), found.get("MetricName"), dimensions(found), found.get("Threshold")),
+            ("AWS/SNS", "NumberOfNotificationsFailed", {"TopicName": topic_arn.split(":")[-1]}, 0.0))
+
+    load_balancer = "app/" + "/".join(groups[f"{cluster}-receiver"]["LoadBalancerArns"][0].split("/")[-2:]) if f"{cluster}-receiver" in groups else None
+    for kind, metric in (("target", "HTTPCode_Target_5XX_Count"), ("elb", "HTTPCode_ELB_5XX_Count")):
+        found = alarm(f"alb-{kind}-5xx")
+        c.equal(f"ALB {kind} 5xx alarm", (found.get("Namespace"), found.get("MetricName"), dimensions(found), found.get("Statistic")),
+                ("AWS/ApplicationELB", metric, {"LoadBalancer": load_balancer}, "Sum"))
+    for key, name in (("receiver", f"{cluster}-receiver"), ("async", f"{cluster}-async")):
+        found = alarm(f"alb-{key}-unhealthy-hosts")
+        group_suffix = groups.get(name, {}).get("TargetGroupArn", "").split(":")[-1]
+        c.equal(f"unhealthy hosts alarm on target group {name}",
+                (found.get("MetricName"), dimensions(found), found.get("Threshold"), found.get("ComparisonOperator")),
+                ("UnHealthyHostCount", {"LoadBalancer": load_balancer, "TargetGroup": group_suffix}, 0.0, "GreaterThanThreshold"))
+
+    def queries(found):
+        return {q["Id"]: q for q in found.get("Metrics", [])}
+
+    def stat_of(query):
+        stat = query.get("MetricStat", {})
+        metric = stat.get("Metric", {})
+        return (metric.get("Namespace"), metric.get("MetricName"),
+                {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}, stat.get("Stat"), stat.get("Period"))
+
+    for service, name in names.items():
+        found = alarm(f"{service}-tasks-below-desired")
+        q = queries(found)
+        dims = {"ClusterName": cluster, "ServiceName": name}
+        c.equal(f"{service}: tasks below desired = desired - running (Container Insights) > 0",
+                (q.get("missing", {}).get("Expression"), stat_of(q.get("desired", {}))[:3], stat_of(q.get("running", {}))[:3],
+                 found.get("Threshold"), found.get("ComparisonOperator")),
+                ("desired - running", ("ECS/ContainerInsights", "DesiredTaskCount", dims),
+                 ("ECS/ContainerInsights", "RunningTaskCount", dims), 0.0, "GreaterThanThreshold"))
+
+    print("  cloudwatch: SLO burn-rate windows of POST /orders/async (the composite pairs: plan-scaling)")
+    budget = round(1 - SLO_TARGET_PERCENT / 100, 9)
+    async_dims = {"LoadBalancer": load_balancer, "TargetGroup": groups.get(f"{cluster}-async", {}).get("TargetGroupArn", "").split(":")[-1]}
+    for pair, ((long_window, short_window), factor) in BURN_PAIRS.items():
+        for window, period in (("long", long_window), ("short", short_window)):
+            found = alarm(f"slo-async-burn-{pair}-{window}")
+            q = queries(found)
+            c.check(f"{pair}-{window}: burn rate > {factor}x", abs(found.get("Threshold", 0) - factor) < 1e-9, found.get("Threshold"))
+            c.equal(f"{pair}-{window}: burn rate = error ratio / {budget} (the budget of {SLO_TARGET_PERCENT}%)",
+                    q.get("burn_rate", {}).get("Expression"), f"IF(bad > 0, bad / MAX([FILL(requests, 0), bad]), 0) / {budget:g}")
+            c.equal(f"{pair}-{window}: the async target group's requests, 5xx and > 1 s responses over {period} s, and the ALB's 5xx",
+                    {i: stat_of(q.get(i, {})) for i in ("requests", "target_5xx", "slow", "elb_5xx")},
+                    {"requests": ("AWS/ApplicationELB", "RequestCount", async_dims, "Sum", period),
+                     "target_5xx": ("AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", async_dims, "Sum", period),
+                     "slow": ("AWS/ApplicationELB", "TargetResponseTime", async_dims, "TC(1:)", period),
+                     "elb_5xx": ("AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", {"LoadBalancer": load_balancer}, "Sum", period)})
+            c.equal(f"{pair}-{window}: only the burn rate is returned", [i for i, m in q.items() if m.get("ReturnData")], ["burn_rate"])
+    slo = outputs["slo_async"]
+    c.check("SLO output: 43.2 minutes of error budget per 30 days at 99.9%",
+            abs(slo.get("error_budget_minutes", 0) - 43.2) < 1e-9, slo)
     c.exit()
 
 
 # --- binaries: the real receiver and worker, configured exactly as ECS would configure them -----
 
 
-def task_environment(ecs, cluster, service):
-    """The environment ECS injects into the service's container, read back from the task definition."""
+def task_container(ecs, cluster, service):
+    """The service's container definition (its environment, its stopTimeout), read back from the task
+    definition ECS runs."""
     ecs_service = ecs.describe_services(cluster=cluster, services=[service])["services"][0]
     task = ecs.describe_task_definition(taskDefinition=ecs_service["taskDefinition"])["taskDefinition"]
-    return {pair["name"]: pair["value"] for pair in task["containerDefinitions"][0]["environment"]}
+    return task["containerDefinitions"][0]
 
 
 def free_port():
@@ -436,7 +659,8 @@ def binaries(outputs_path, endpoint, receiver_binary, worker_binary):
         "AWS_EC2_METADATA_DISABLED": "true",
         "BIND_ADDR": "127.0.0.1",
     }
-    env = {service: {**task_environment(ecs, cluster, names[service]), **local, "PORT": str(free_port())}
+    containers = {service: task_container(ecs, cluster, names[service]) for service in ("receiver", "worker")}
+    env = {service: {**{p["name"]: p["value"] for p in containers[service]["environment"]}, **local, "PORT": str(free_port())}
            for service in ("receiver", "worker")}
     binary = {"receiver": receiver_binary, "worker": worker_binary}
     running = {}
@@ -504,11 +728,12 @@ def binaries(outputs_path, endpoint, receiver_binary, worker_binary):
         for service, process in running.items():
             process.send_signal(signal.SIGTERM)
         for service, process in running.items():
+            stop_timeout = containers[service].get("stopTimeout", 30)  # ECS's default when unset
             try:
-                code = process.wait(timeout=30)
+                code = process.wait(timeout=stop_timeout)
             except subprocess.TimeoutExpired:
-                code = "still running after 30 s (ECS stopTimeout)"
-            c.equal(f"{service} exits 0 within the 30 s stop timeout", code, 0)
+                code = f"still running after {stop_timeout} s (its task definition's stopTimeout)"
+            c.equal(f"{service} exits 0 within its {stop_timeout} s stop timeout", code, 0)
     finally:
         for process in running.values():
             if process.poll() is None:
@@ -532,6 +757,22 @@ def prior_values(plan, address):
     return {}
 
 
+def check_updates(c, changes, expected=None):
+    """Every in-place update changes only attributes moto does not round-trip, or those `expected`
+    names for its address ({address: {attribute, ...}})."""
+    expected = expected or {}
+    for address, rc in changes.items():
+        if rc["change"]["actions"] != ["update"]:
+            continue
+        before, after = rc["change"]["before"], rc["change"]["after"]
+        changed = {key for key in set(before) | set(after) if before.get(key) != after.get(key) and key != "tags_all"}
+        allowed = MOTO_ROUND_TRIP_GAPS.get(rc["type"], set()) | expected.get(address, set())
+        real = changed - allowed
+        if "redrive_policy" in changed and json.loads(before.get("redrive_policy") or "{}") != json.loads(after.get("redrive_policy") or "{}"):
+            real.add("redrive_policy")
+        c.check(f"no change on {address} beyond {sorted(changed & allowed)}", not real, sorted(real))
+
+
 def plan_scaling(plan_path):
     plan = json.load(open(plan_path))
     variables = {key: value["value"] for key, value in plan["variables"].items()}
@@ -541,21 +782,21 @@ def plan_scaling(plan_path):
         "aws_appautoscaling_target.worker[0]",
         "aws_appautoscaling_policy.worker_backlog_per_task[0]",
         "aws_sqs_queue_redrive_allow_policy.orders_dlq",
+        'aws_cloudwatch_composite_alarm.slo_async_burn["fast"]',
+        'aws_cloudwatch_composite_alarm.slo_async_burn["slow"]',
     }
     creates = {a for a, rc in changes.items() if rc["change"]["actions"] == ["create"]}
-    c.equal("creates exactly the autoscaling target, its policy and the DLQ redrive-allow policy", creates, expected_creates)
+    c.equal("creates exactly the autoscaling target, its policy, the DLQ redrive-allow policy and the SLO's composite alarms",
+            creates, expected_creates)
     others = {a: rc["change"]["actions"] for a, rc in changes.items() if a not in expected_creates}
     c.equal("nothing is destroyed or replaced", {a: x for a, x in others.items() if x != ["update"]}, {})
-    for address, rc in changes.items():
-        if rc["change"]["actions"] != ["update"]:
-            continue
-        before, after = rc["change"]["before"], rc["change"]["after"]
-        changed = {key for key in set(before) | set(after) if before.get(key) != after.get(key) and key != "tags_all"}
-        allowed = MOTO_ROUND_TRIP_GAPS.get(rc["type"], set())
-        real = changed - allowed
-        if "redrive_policy" in changed and json.loads(before["redrive_policy"]) != json.loads(after["redrive_policy"]):
-            real.add("redrive_policy")
-        c.check(f"no drift on {address} beyond moto's round-trip gaps {sorted(changed & allowed)}", not real, sorted(real))
+    check_updates(c, changes)
+
+    for pair in BURN_PAIRS:
+        composite = changes.get(f'aws_cloudwatch_composite_alarm.slo_async_burn["{pair}"]', {}).get("change", {}).get("after", {})
+        name = prior_values(plan, f'aws_cloudwatch_metric_alarm.slo_async_burn["{pair}-long"]').get("alarm_name", "?")
+        c.equal(f"SLO {pair} pair: ALARM(long window) AND ALARM(short window)", composite.get("alarm_rule"),
+                f'ALARM("{name}") AND ALARM("{name[:-len("long")]}short")')
 
     target = changes.get("aws_appautoscaling_target.worker[0]", {}).get("change", {}).get("after", {})
     worker_service = prior_values(plan, "aws_ecs_service.worker")
@@ -624,6 +865,123 @@ def plan_variants(plan_path):
             (dynamodb_endpoint.get("vpc_endpoint_type"), dynamodb_endpoint.get("service_name"), dynamodb_endpoint.get("route_table_ids")),
             ("Gateway", f"com.amazonaws.{plan['variables']['aws_region']['value']}.dynamodb",
              [prior_values(plan, "aws_route_table.private").get("id")]))
+    c.exit()
+
+
+def replaced(rc):
+    return sorted(rc["change"]["actions"]) == ["create", "delete"]
+
+
+def plan_rollback(plan_path):
+    plan = json.load(open(plan_path))
+    tag = plan["variables"]["image_tag"]["value"]
+    changes = changes_by_action(plan)
+    c = Checks()
+    definitions = [f'aws_ecs_task_definition.service["{service}"]' for service in ("receiver", "worker")]
+    services = ["aws_ecs_service.receiver", "aws_ecs_service.worker"]
+    c.check("changes the two task definitions and the two services", set(definitions + services) <= set(changes), sorted(changes))
+    c.equal("replaces nothing but the two task definitions, updates nothing but the services (beyond moto's gaps, below)",
+            sorted(a for a, rc in changes.items() if a not in definitions + services and rc["change"]["actions"] != ["update"]), [])
+    for address in definitions:
+        rc = changes.get(address, {"change": {"actions": []}})
+        c.check(f"{address}: replaced (a new revision)", replaced(rc), rc["change"]["actions"])
+        before = json.loads((rc["change"].get("before") or {}).get("container_definitions") or "[{}]")[0].get("image", "")
+        after = json.loads((rc["change"].get("after") or {}).get("container_definitions") or "[{}]")[0].get("image", "")
+        c.check(f"{address}: image tag {before.rsplit(':', 1)[-1]!r} -> {tag!r}, same repository",
+                after.endswith(f":{tag}") and before.rsplit(":", 1)[0] == after.rsplit(":", 1)[0] and before != after, (before, after))
+    for address in services:
+        rc = changes.get(address, {"change": {"actions": []}})
+        c.equal(f"{address}: updated in place (rolling deployment, not a new service)", rc["change"]["actions"], ["update"])
+        c.check(f"{address}: moves to the new revision",
+                "task_definition" in (rc["change"].get("after_unknown") or {}), rc["change"].get("after_unknown"))
+    check_updates(c, changes, {address: {"task_definition"} for address in services})
+    c.exit()
+
+
+def plan_hardening(plan_path):
+    plan = json.load(open(plan_path))
+    variables = {key: value["value"] for key, value in plan["variables"].items()}
+    resources = planned_resources(plan)
+    changes = changes_by_action(plan)
+    c = Checks()
+
+    print("  the worker on Fargate Spot")
+    spot = str(variables["worker_fargate_spot"]).lower() == "true"
+    c.check("the plan turns worker_fargate_spot on", spot)
+    worker = changes.get("aws_ecs_service.worker", {"change": {"actions": []}})
+    c.equal("worker service: updated in place, not replaced", worker["change"]["actions"], ["update"])
+    after = worker["change"].get("after") or {}
+    c.equal("worker strategy: first task on FARGATE, the rest on FARGATE_SPOT",
+            sorted((s["capacity_provider"], s["base"], s["weight"]) for s in after.get("capacity_provider_strategy", [])),
+            [("FARGATE", 1, 0), ("FARGATE_SPOT", 0, 1)])
+    c.equal("worker: force_new_deployment (what lets the strategy change in place)", after.get("force_new_deployment"), True)
+    before = worker["change"].get("before") or {}
+    c.equal("before: regular Fargate only", [(s["capacity_provider"], s["weight"]) for s in before.get("capacity_provider_strategy", [])],
+            [("FARGATE", 1)])
+    cluster = resources.get("aws_ecs_cluster_capacity_providers.main", {})
+    c.equal("cluster: FARGATE and FARGATE_SPOT", sorted(cluster.get("capacity_providers", [])), ["FARGATE", "FARGATE_SPOT"])
+
+    print("  budgets: stopTimeout and deregistration delay from their variables")
+    containers = {}
+    for service in ("receiver", "worker"):
+        definition = resources.get(f'aws_ecs_task_definition.service["{service}"]', {})
+        containers[service] = json.loads(definition.get("container_definitions") or "[{}]")[0]
+    worker_env = {p["name"]: p["value"] for p in containers["worker"].get("environment", [])}
+    receiver_env = {p["name"]: p["value"] for p in containers["receiver"].get("environment", [])}
+    c.equal("worker: SHUTDOWN_DEADLINE from worker_shutdown_deadline_seconds",
+            worker_env.get("SHUTDOWN_DEADLINE"), f"{variables['worker_shutdown_deadline_seconds']}s")
+    c.equal("receiver: SYNC_TIMEOUT from receiver_sync_timeout_seconds",
+            receiver_env.get("SYNC_TIMEOUT"), f"{variables['receiver_sync_timeout_seconds']}s")
+    groups = {values.get("name"): values.get("deregistration_delay") for address, values in resources.items()
+              if address.startswith("aws_lb_target_group.")}
+    check_budgets(c, containers, groups)
+    c.equal("worker stopTimeout is the sum of the worker_stop_budget output's parts", containers["worker"].get("stopTimeout"),
+            sum(v for k, v in plan["planned_values"]["outputs"]["worker_stop_budget"]["value"].items() if k != "stop_timeout"))
+
+    print("  the SLO alarms follow their variables")
+    target, days = float(variables["slo_async_target_percent"]), float(variables["slo_window_days"])
+    budget = round(1 - target / 100, 9)
+    for pair, ((long_window, short_window), _) in BURN_PAIRS.items():
+        share = {"fast": 0.02, "slow": 0.05}[pair]
+        factor = share * days * 24 * 3600 / long_window
+        for window, period in (("long", long_window), ("short", short_window)):
+            alarm = resources.get(f'aws_cloudwatch_metric_alarm.slo_async_burn["{pair}-{window}"]', {})
+            c.check(f"{pair}-{window}: threshold {factor:.4g}x ({share:.0%} of a {days:g}-day budget in {long_window // 3600} h)",
+                    abs((alarm.get("threshold") or 0) - factor) < 1e-9, alarm.get("threshold"))
+            expression = [q.get("expression") for q in alarm.get("metric_query", []) if q.get("id") == "burn_rate"]
+            c.check(f"{pair}-{window}: divides by the error budget {budget:g}", expression and expression[0].endswith(f"/ {budget:g}"), expression)
+            periods = sorted({q["metric"][0]["period"] for q in alarm.get("metric_query", []) if q.get("metric")})
+            c.equal(f"{pair}-{window}: every metric over {period} s", periods, [period])
+            stats = [q["metric"][0]["stat"] for q in alarm.get("metric_query", []) if q.get("metric") and q["metric"][0]["metric_name"] == "TargetResponseTime"]
+            c.equal(f"{pair}-{window}: slow = responses above slo_async_latency_seconds", stats, [f"TC({variables['slo_async_latency_seconds']}:)"])
+    c.check("SLO output: budget minutes = (100 - target)% of the window",
+            abs(plan["planned_values"]["outputs"]["slo_async"]["value"]["error_budget_minutes"] - budget * days * 24 * 60) < 1e-6)
+
+    print("  IAM: every role from a name_prefix; the orders topic's policy")
+    configured = {r["address"]: r.get("expressions", {}) for r in plan["configuration"]["root_module"]["resources"]}
+    roles = {a: e for a, e in configured.items() if a.startswith("aws_iam_role.")}
+    c.equal("the stack's roles", sorted(roles), sorted(f"aws_iam_role.{role}" for role in ROLE_PREFIXES))
+    for address, expressions in roles.items():
+        c.check(f"{address}: name_prefix, no fixed name", "name_prefix" in expressions and "name" not in expressions, sorted(expressions))
+        name = resources.get(address, {}).get("name", "")
+        prefix = f"{variables['name']}-{ROLE_PREFIXES[address.split('.')[1]]}"
+        c.check(f"{address}: {name} = {prefix}<suffix>, within IAM's 38-character prefix limit",
+                name.startswith(prefix) and len(name) > len(prefix) and len(prefix) <= 38, name)
+    policy = json.loads(resources.get("aws_sns_topic_policy.orders", {}).get("policy") or "{}")
+    check_topic_policy(c, policy, resources.get("aws_sns_topic.orders", {}).get("arn"), resources.get("aws_iam_role.receiver", {}).get("arn"))
+
+    expected = {
+        "aws_ecs_service.worker": {"capacity_provider_strategy", "task_definition"},
+        "aws_ecs_service.receiver": {"task_definition"},
+        'aws_lb_target_group.receiver': {"deregistration_delay"},
+        'aws_lb_target_group.receiver_async': {"deregistration_delay"},
+    }
+    expected.update({f'aws_cloudwatch_metric_alarm.slo_async_burn["{w}"]': {"threshold", "metric_query", "alarm_description"}
+                     for w in ("fast-long", "fast-short", "slow-long", "slow-short")})
+    c.equal("nothing else is replaced than the two task definitions",
+            sorted(a for a, rc in changes.items() if rc["change"]["actions"] != ["update"]),
+            sorted(f'aws_ecs_task_definition.service["{s}"]' for s in ("receiver", "worker")))
+    check_updates(c, changes, expected)
     c.exit()
 
 
@@ -709,6 +1067,8 @@ if __name__ == "__main__":
         "plan-scaling": (plan_scaling, 1),
         "plan-variants": (plan_variants, 1),
         "plan-ledger": (plan_ledger, 1),
+        "plan-rollback": (plan_rollback, 1),
+        "plan-hardening": (plan_hardening, 1),
     }
     if len(sys.argv) < 2 or sys.argv[1] not in commands or len(sys.argv) - 2 != commands[sys.argv[1]][1]:
         sys.exit(__doc__)

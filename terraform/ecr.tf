@@ -20,7 +20,14 @@ resource "aws_ecr_repository" "service" {
   }
 }
 
-# Keep storage (and scan findings) bounded: untagged layers go after a day, old releases after 10.
+# Expire untagged images only. Every tag is a release that a task definition may name: the running
+# one, or the one a rollback returns to (`terraform apply -var image_tag=<previous>`). A count- or
+# age-based rule on tagged images would sooner or later delete an image a task still runs, and the next
+# task start (a scale-out, a replaced Spot task) would fail to pull it. Untagged images are only left
+# behind by interrupted pushes; the build pushes single-platform images without attestations
+# (`--provenance=false`), so no tagged image index depends on an untagged child manifest. Kept
+# releases cost ECR storage ($0.10 per GB-month of compressed layers); delete old ones by hand
+# (`aws ecr batch-delete-image`) once no task definition in use names them.
 resource "aws_ecr_lifecycle_policy" "service" {
   for_each = aws_ecr_repository.service
 
@@ -30,14 +37,8 @@ resource "aws_ecr_lifecycle_policy" "service" {
     rules = [
       {
         rulePriority = 1
-        description  = "Expire untagged images after 1 day"
-        selection    = { tagStatus = "untagged", countType = "sinceImagePushed", countUnit = "days", countNumber = 1 }
-        action       = { type = "expire" }
-      },
-      {
-        rulePriority = 2
-        description  = "Keep the 10 most recent images"
-        selection    = { tagStatus = "any", countType = "imageCountMoreThan", countNumber = 10 }
+        description  = "Expire untagged images 7 days after their push; tagged releases are never expired"
+        selection    = { tagStatus = "untagged", countType = "sinceImagePushed", countUnit = "days", countNumber = 7 }
         action       = { type = "expire" }
       },
     ]

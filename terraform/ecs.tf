@@ -4,10 +4,23 @@
 resource "aws_ecs_cluster" "main" {
   name = var.name
 
-  # Container Insights publishes RunningTaskCount, which the backlog-per-task scaling metric divides by.
+  # Container Insights publishes RunningTaskCount (the backlog-per-task scaling metric divides by it)
+  # and DesiredTaskCount (the tasks-below-desired alarms compare the two).
   setting {
     name  = "containerInsights"
     value = "enabled"
+  }
+}
+
+# Both Fargate capacity providers, so the worker can run on Spot (var.worker_fargate_spot). Services
+# without a strategy of their own (the receiver, with launch_type) get regular Fargate.
+resource "aws_ecs_cluster_capacity_providers" "main" {
+  cluster_name       = aws_ecs_cluster.main.name
+  capacity_providers = ["FARGATE", "FARGATE_SPOT"]
+
+  default_capacity_provider_strategy {
+    capacity_provider = "FARGATE"
+    weight            = 1
   }
 }
 
@@ -23,6 +36,26 @@ locals {
   receiver_port = 8080
   worker_port   = 8081
 
+  # Shutdown budgets. The worker, after SIGTERM, lets payments finish for SHUTDOWN_DEADLINE, then has
+  # RELEASE_GRACE to give unfinished messages back and FLUSH_GRACE to flush its deletes (both constants
+  # in worker/src/lib.rs, mirrored here and compared with it by scripts/deploy-checks.py). ECS sends
+  # SIGKILL stopTimeout seconds after SIGTERM, so stopTimeout covers all three plus a margin.
+  worker_stop_budget = {
+    shutdown_deadline = var.worker_shutdown_deadline_seconds
+    release_grace     = 3
+    flush_grace       = 5
+    margin            = 5
+  }
+  stop_timeout = {
+    worker = sum(values(local.worker_stop_budget))
+    # The receiver's own SHUTDOWN_DEADLINE (its default, 20 s) for in-flight requests and publishes.
+    receiver = 30
+  }
+  # The ALB keeps sending a draining task's open requests to it this long before ECS stops the task:
+  # the longest request is POST /orders/sync, which waits up to SYNC_TIMEOUT and then finishes the
+  # payment it started (PAYMENT_LATENCY).
+  receiver_deregistration_delay = var.receiver_sync_timeout_seconds + var.payment_latency_seconds + 2
+
   # Both binaries read these (see receiver/worker `--help`); LOG_FORMAT=json suits CloudWatch Logs Insights.
   common_environment = {
     AWS_REGION      = local.region
@@ -37,6 +70,8 @@ locals {
     receiver = merge(local.common_environment, {
       PORT             = tostring(local.receiver_port)
       ORDERS_TOPIC_ARN = aws_sns_topic.orders.arn
+      # The target group's deregistration delay is derived from it (local.receiver_deregistration_delay).
+      SYNC_TIMEOUT = "${var.receiver_sync_timeout_seconds}s"
     })
     worker = merge(local.common_environment, {
       PORT             = tostring(local.worker_port)
@@ -50,6 +85,8 @@ locals {
       # dead-letters a failing message itself (with its reason) on the last receive SQS allows.
       VISIBILITY_TIMEOUT = "${var.queue_visibility_timeout_seconds}s"
       MAX_RECEIVE_COUNT  = tostring(var.max_receive_count)
+      # The container's stopTimeout is derived from it (local.worker_stop_budget).
+      SHUTDOWN_DEADLINE = "${var.worker_shutdown_deadline_seconds}s"
     })
   }
 
@@ -75,6 +112,13 @@ resource "aws_ecs_task_definition" "service" {
     cpu_architecture        = var.cpu_architecture
   }
 
+  lifecycle {
+    precondition {
+      condition     = local.stop_timeout[each.key] <= 120
+      error_message = "The ${each.key}'s stopTimeout (${local.stop_timeout[each.key]} s) exceeds Fargate's 120 s maximum."
+    }
+  }
+
   container_definitions = jsonencode([{
     name      = each.key
     image     = "${aws_ecr_repository.service[each.key].repository_url}:${var.image_tag}"
@@ -85,8 +129,8 @@ resource "aws_ecs_task_definition" "service" {
 
     # The binaries write nothing to disk.
     readonlyRootFilesystem = true
-    # SIGTERM starts a graceful drain (the worker's SHUTDOWN_DEADLINE defaults to 25 s); SIGKILL after 30 s.
-    stopTimeout = 30
+    # SIGTERM starts a graceful drain; SIGKILL follows after stopTimeout (local.stop_timeout).
+    stopTimeout = local.stop_timeout[each.key]
 
     # No curl in the image: the binary itself GETs http://127.0.0.1:$PORT/health and exits 0 or 1.
     healthCheck = {
@@ -125,10 +169,15 @@ resource "aws_ecs_service" "receiver" {
     assign_public_ip = false
   }
 
-  load_balancer {
-    target_group_arn = aws_lb_target_group.receiver.arn
-    container_name   = "receiver"
-    container_port   = local.receiver_port
+  # Every task serves both target groups: the default one, and the one only POST /orders/async
+  # reaches (alb.tf), whose metrics measure the async accept path's SLO.
+  dynamic "load_balancer" {
+    for_each = [aws_lb_target_group.receiver.arn, aws_lb_target_group.receiver_async.arn]
+    content {
+      target_group_arn = load_balancer.value
+      container_name   = "receiver"
+      container_port   = local.receiver_port
+    }
   }
 
   deployment_circuit_breaker {
@@ -144,8 +193,26 @@ resource "aws_ecs_service" "worker" {
   cluster          = aws_ecs_cluster.main.id
   task_definition  = aws_ecs_task_definition.service["worker"].arn
   desired_count    = var.worker_desired_count
-  launch_type      = "FARGATE"
   platform_version = "LATEST"
+
+  # Always a strategy (never launch_type), so turning worker_fargate_spot on or off is an in-place
+  # update: the provider replaces a service whose strategy changes unless force_new_deployment is set
+  # and the strategy is non-empty both before and after. With Spot, the first task (base) stays on
+  # regular Fargate so one worker keeps draining even when Spot capacity runs out.
+  dynamic "capacity_provider_strategy" {
+    for_each = var.worker_fargate_spot ? {
+      FARGATE      = { base = 1, weight = 0 }
+      FARGATE_SPOT = { base = 0, weight = 1 }
+      } : {
+      FARGATE = { base = 0, weight = 1 }
+    }
+    content {
+      capacity_provider = capacity_provider_strategy.key
+      base              = capacity_provider_strategy.value.base
+      weight            = capacity_provider_strategy.value.weight
+    }
+  }
+  force_new_deployment = true
 
   network_configuration {
     subnets          = aws_subnet.private[*].id
@@ -162,6 +229,9 @@ resource "aws_ecs_service" "worker" {
   lifecycle {
     ignore_changes = [desired_count]
   }
+
+  # The capacity providers must be on the cluster before a strategy names them.
+  depends_on = [aws_ecs_cluster_capacity_providers.main]
 }
 
 # --- Security groups: the ALB reaches the receiver on 8080; tasks only talk HTTPS to AWS APIs. --

@@ -1,5 +1,9 @@
 # Least privilege: every statement names its resources, except ecr:GetAuthorizationToken, which
 # AWS only allows on "*".
+#
+# Roles are global to the account, unlike everything else here: they get a name_prefix (Terraform adds a
+# unique suffix), so the same var.name deployed in two regions does not collide. The prefix is at most
+# 38 characters: var.name (23 at most) and "-ecs-execution-" (15).
 
 locals {
   # Only ECS in this account may assume the task roles (confused-deputy protection).
@@ -20,7 +24,7 @@ locals {
 # --- Execution role: used by the ECS agent to pull the image and ship logs, never by our code. --
 
 resource "aws_iam_role" "execution" {
-  name               = "${var.name}-ecs-execution"
+  name_prefix        = "${var.name}-ecs-execution-"
   description        = "ECS agent for ${var.name}: pulls images from its ECR repositories and writes its log groups"
   assume_role_policy = local.ecs_tasks_trust
 }
@@ -57,7 +61,7 @@ resource "aws_iam_role_policy" "execution" {
 # --- Receiver task role: publish to the orders topic (+ the order ledger, below). --------------
 
 resource "aws_iam_role" "receiver" {
-  name               = "${var.name}-receiver-task"
+  name_prefix        = "${var.name}-receiver-task-"
   description        = "${var.name} receiver: records accepted orders in the ledger and publishes them to the orders topic"
   assume_role_policy = local.ecs_tasks_trust
 }
@@ -92,7 +96,7 @@ resource "aws_iam_role_policy" "receiver" {
 # --- Worker task role: consume the orders queue, dead-letter into its DLQ (+ the ledger, below). -
 
 resource "aws_iam_role" "worker" {
-  name               = "${var.name}-worker-task"
+  name_prefix        = "${var.name}-worker-task-"
   description        = "${var.name} worker: consumes the orders queue, settles orders in the ledger, dead-letters poison messages"
   assume_role_policy = local.ecs_tasks_trust
 }
@@ -169,7 +173,7 @@ resource "aws_iam_role_policy" "ledger" {
 # --- VPC flow log delivery role. --------------------------------------------------------------
 
 resource "aws_iam_role" "flow_log" {
-  name        = "${var.name}-flow-log"
+  name_prefix = "${var.name}-flow-log-"
   description = "VPC flow logs for ${var.name}: writes the flow-log log group"
 
   assume_role_policy = jsonencode({

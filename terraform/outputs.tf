@@ -57,3 +57,25 @@ output "worker_backlog_per_task_target" {
   description = "Target of the worker scaling policy: orders waiting per task (acceptable latency x consumers / payment latency)."
   value       = local.worker_backlog_per_task_target
 }
+
+output "worker_stop_budget" {
+  description = "The worker's shutdown budget in seconds: SHUTDOWN_DEADLINE, the release and flush graces of worker/src/lib.rs, the margin, and the container's stopTimeout (their sum)."
+  value       = merge(local.worker_stop_budget, { stop_timeout = local.stop_timeout.worker })
+}
+
+output "slo_async" {
+  description = "The async accept path's SLO: target, window, error budget (fraction and minutes per window) and the burn-rate factor of each alarm pair."
+  value = {
+    target_percent       = var.slo_async_target_percent
+    latency_seconds      = var.slo_async_latency_seconds
+    window_days          = var.slo_window_days
+    error_budget         = local.slo_error_budget
+    error_budget_minutes = local.slo_error_budget * local.slo_window_hours * 60
+    burn_rate_factors    = local.slo_burn_factor
+  }
+}
+
+output "orders_undelivered_queue_url" {
+  description = "The SNS subscription's DLQ: accepted orders SNS could not deliver to the orders queue."
+  value       = aws_sqs_queue.orders_undelivered.id
+}

@@ -1,4 +1,4 @@
-# Inputs of the orderflow stack. Every variable has a default that deploys the lab setup
+# Inputs of the orderflow stack. Every variable but image_tag has a default that deploys the lab setup
 # (one receiver, one worker, 256 CPU / 512 MB tasks); the README lists the ones worth changing.
 
 # --- General -----------------------------------------------------------------------------------
@@ -100,10 +100,18 @@ variable "certificate_arn" {
 
 # --- Images and tasks --------------------------------------------------------------------------
 
+# Required, on purpose: no default tag is guaranteed to exist in a fresh repository, and a task
+# definition naming a missing tag only fails when ECS tries to pull it (the service then loops on
+# failed task starts until the circuit breaker rolls back). Every apply names the release it deploys.
 variable "image_tag" {
-  description = "Image tag to run from both ECR repositories. Tags are immutable, so push a new tag (the git commit) per release."
+  description = "Image tag to run from both ECR repositories (required): the tag you pushed, e.g. the git commit. Tags are immutable, so a release is one tag; rolling back is an apply with the previous tag."
   type        = string
-  default     = "0.1.0"
+
+  validation {
+    # ECR's tag syntax; "latest" is refused because it names no particular release to roll back to.
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag)) && var.image_tag != "latest"
+    error_message = "image_tag must be the tag of a pushed release (1-128 of letters, digits, _ . -, not starting with . or -), and not \"latest\"."
+  }
 }
 
 variable "ecr_force_delete" {
@@ -179,6 +187,35 @@ variable "payment_latency_seconds" {
     condition     = var.payment_latency_seconds > 0
     error_message = "payment_latency_seconds must be positive."
   }
+}
+
+variable "receiver_sync_timeout_seconds" {
+  description = "How long POST /orders/sync waits for a payment before answering 504 (the receiver's SYNC_TIMEOUT). The target group's deregistration delay is derived from it: sync timeout + payment_latency_seconds + a margin, so a draining task finishes its longest request."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.receiver_sync_timeout_seconds >= 1 && floor(var.receiver_sync_timeout_seconds) == var.receiver_sync_timeout_seconds
+    error_message = "receiver_sync_timeout_seconds must be a whole number of seconds, at least 1."
+  }
+}
+
+variable "worker_shutdown_deadline_seconds" {
+  description = "After SIGTERM, how long a worker lets in-flight payments finish (the worker's SHUTDOWN_DEADLINE). The container's stopTimeout is derived from it: deadline + the worker's release and flush graces (3 s + 5 s) + a margin; Fargate allows at most 120 s."
+  type        = number
+  default     = 25
+
+  validation {
+    # 120 s (Fargate's stopTimeout ceiling) - 3 s release grace - 5 s flush grace - 5 s margin.
+    condition     = var.worker_shutdown_deadline_seconds >= 1 && var.worker_shutdown_deadline_seconds <= 107 && floor(var.worker_shutdown_deadline_seconds) == var.worker_shutdown_deadline_seconds
+    error_message = "worker_shutdown_deadline_seconds must be a whole number from 1 to 107: with the worker's 8 s of graces and a 5 s margin, stopTimeout must stay within Fargate's 120 s."
+  }
+}
+
+variable "worker_fargate_spot" {
+  description = "Run the worker service on Fargate Spot (about 70% cheaper), keeping its first task on regular Fargate. Spot tasks can be reclaimed with a SIGTERM and a two-minute warning; the worker drains within its stopTimeout and gives unfinished orders back to the queue, so a reclaim delays orders but loses none. Off by default: Spot capacity is not guaranteed, least of all during the burst the scaling policy reacts to."
+  type        = bool
+  default     = false
 }
 
 variable "log_retention_days" {
@@ -310,4 +347,46 @@ variable "alarm_email" {
   description = "Email address subscribed to an alarm SNS topic (confirm the subscription email). Null creates no topic and the alarms only show in the console."
   type        = string
   default     = null
+}
+
+variable "alb_5xx_threshold" {
+  description = "5xx answers per minute (from the receiver, or from the ALB itself) that raise the ALB 5xx alarms when seen in 3 of 5 minutes. POST /orders/sync answers 504 by design when payments queue up (the sync experiment), so expect the target alarm during that load test."
+  type        = number
+  default     = 10
+}
+
+variable "tasks_below_desired_minutes" {
+  description = "Minutes a service may run fewer tasks than desired before its alarm fires. Long enough for a deployment or a scale-out to start tasks (image pull, health checks), short enough to catch tasks that keep failing to start."
+  type        = number
+  default     = 10
+}
+
+# --- SLO: the asynchronous accept path --------------------------------------------------------
+
+variable "slo_async_target_percent" {
+  description = "SLO of the async accept path: the percentage of POST /orders/async requests answered without a 5xx and within slo_async_latency_seconds, over slo_window_days. The error budget is 100 - this."
+  type        = number
+  default     = 99.9
+
+  validation {
+    condition     = var.slo_async_target_percent > 0 && var.slo_async_target_percent < 100
+    error_message = "slo_async_target_percent must be between 0 and 100 (exclusive): a 100% target leaves no error budget to burn."
+  }
+}
+
+variable "slo_async_latency_seconds" {
+  description = "A POST /orders/async answered more slowly than this (target response time at the ALB) counts against the SLO like a 5xx."
+  type        = number
+  default     = 1
+}
+
+variable "slo_window_days" {
+  description = "SLO window in days. The burn-rate alarms are derived from it: the fast pair fires when 2% of the window's budget burns within 1 hour (14.4x at 30 days), the slow pair when 5% burns within 6 hours (6x at 30 days)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.slo_window_days >= 1
+    error_message = "slo_window_days must be at least 1."
+  }
 }
