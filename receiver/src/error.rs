@@ -1,4 +1,5 @@
-//! The one JSON shape of every error the receiver answers: `{"error": {"code", "message", "fields"?}}`.
+//! The one JSON shape of every error the receiver answers: `{"error": {"code", "message", "fields"?}}`, with
+//! plain words only: what went wrong inside is logged with the request's `x-request-id`, never sent.
 
 use std::time::Duration;
 
@@ -21,6 +22,17 @@ pub struct ApiError {
     pub fields: Option<Vec<FieldError>>,
     /// When to try again, sent as `Retry-After` in whole seconds.
     pub retry_after: Option<Duration>,
+    /// What went wrong inside (a broker's or store's own text, which can name accounts, roles and ARNs): logged
+    /// with the request's id, never sent.
+    pub detail: Option<String>,
+}
+
+/// An error answer's internal detail, carried in the response's extensions to the request middleware, which
+/// logs it with the request id and drops it.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorDetail {
+    pub(crate) code: &'static str,
+    pub(crate) detail: String,
 }
 
 #[derive(Serialize)]
@@ -39,7 +51,12 @@ struct Inner<'a> {
 impl ApiError {
     /// An error with a status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), fields: None, retry_after: None }
+        Self { status, code, message: message.into(), fields: None, retry_after: None, detail: None }
+    }
+
+    /// The same answer, with `detail` logged (never sent).
+    pub fn with_detail(self, detail: impl std::fmt::Display) -> Self {
+        Self { detail: Some(detail.to_string()), ..self }
     }
 
     /// 422 listing every failing field.
@@ -71,6 +88,9 @@ impl IntoResponse for ApiError {
         let body =
             Body { error: Inner { code: self.code, message: &self.message, fields: self.fields.as_deref() } };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(detail) = self.detail {
+            response.extensions_mut().insert(ErrorDetail { code: self.code, detail });
+        }
         if let Some(after) = self.retry_after {
             // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry storm.
             let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use bus::BusError;
 use ledger::LedgerError;
 use uuid::Uuid;
 
@@ -101,18 +102,34 @@ pub(crate) enum Unaccepted {
 }
 
 impl Unaccepted {
-    /// The record's `last_error`.
-    fn reason(&self) -> String {
+    /// The record's `last_error`, which `GET /orders/{id}` shows its client: plain words, never the store's or
+    /// the broker's own text (it can name accounts, roles and ARNs); [`Unaccepted::detail`] goes to the log.
+    fn reason(&self) -> &'static str {
         match self {
-            Unaccepted::WriteFailed(error) => {
-                format!("not accepted: the ledger write failed ({error}); the client was answered 503")
+            Unaccepted::WriteFailed(_) => {
+                "not accepted: the ledger write failed; the client was answered 503"
             }
-            Unaccepted::PublishFailed(error) => {
-                format!("not accepted: the publish to the bus failed ({error}); the client was answered 503")
+            Unaccepted::PublishFailed(PublishError::TimedOut(_) | PublishError::Bus(BusError::Timeout)) => {
+                "not accepted: the bus did not acknowledge the publish in time; the client was answered 503"
+            }
+            Unaccepted::PublishFailed(PublishError::ShuttingDown) => {
+                "not accepted: the receiver was shutting down; the client was answered 503"
+            }
+            Unaccepted::PublishFailed(_) => {
+                "not accepted: the publish to the bus failed; the client was answered 503"
             }
             Unaccepted::RequestDropped => {
-                "not accepted: the client went away before the bus acknowledged the publish".to_owned()
+                "not accepted: the client went away before the bus acknowledged the publish"
             }
+        }
+    }
+
+    /// What went wrong inside, for the log.
+    fn detail(&self) -> String {
+        match self {
+            Unaccepted::WriteFailed(error) => error.to_string(),
+            Unaccepted::PublishFailed(error) => error.to_string(),
+            Unaccepted::RequestDropped => "the request was dropped".to_owned(),
         }
     }
 
@@ -192,9 +209,9 @@ async fn mark_failed(state: AppState, order_id: Uuid, why: Unaccepted) {
     let mut backoff = ABANDON_FIRST_BACKOFF;
     let mut attempt = 1;
     loop {
-        match call(Operation::Abandon, timeout, state.ledger().abandon(order_id, &reason)).await {
+        match call(Operation::Abandon, timeout, state.ledger().abandon(order_id, reason)).await {
             Ok(true) => {
-                tracing::info!(%order_id, %reason, "marked an unaccepted order failed");
+                tracing::info!(%order_id, %reason, detail = %why.detail(), "marked an unaccepted order failed");
                 return;
             }
             Ok(false) => {

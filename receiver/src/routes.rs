@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bus::{ATTR_SCHEMA_VERSION, BusError, OutgoingMessage};
@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::MAX_BODY_BYTES;
 use crate::batcher::PublishError;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorDetail};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::records::{self, Operation, Unaccepted, Unpublished};
 use crate::request_metrics::Route;
@@ -216,9 +216,10 @@ fn publish_failed(error: &PublishError, order_id: Uuid, state: &AppState) -> Api
         ),
         error => ApiError::unavailable(
             "bus_unavailable",
-            format!("the order was not accepted because it could not be queued: {error}; retry later"),
+            "the order was not accepted because it could not be queued; retry later",
             retry_after,
-        ),
+        )
+        .with_detail(error),
     }
 }
 
@@ -280,7 +281,9 @@ pub(crate) async fn pay_sync(State(state): State<AppState>, request: Request) ->
 pub(crate) async fn charge_sync(state: &AppState, order: Order) -> Result<Completed, ApiError> {
     let counters = state.counters();
     let deadline = Instant::now() + state.config().sync_timeout;
+    let mut unanswered = CountedIfDropped::new(&counters.sync_abandoned);
     let payment = state.gate().pay_before(&order, deadline).await;
+    unanswered.disarm();
     let waited = match &payment {
         Ok(receipt) => Some(receipt.waited),
         Err(PaymentError::DeadlineExceeded { waited }) => Some(*waited),
@@ -320,9 +323,10 @@ pub(crate) async fn charge_sync(state: &AppState, order: Order) -> Result<Comple
             count(&counters.sync_unavailable);
             Err(ApiError::unavailable(
                 "payment_unavailable",
-                format!("{reason}; nothing was charged, retry later"),
+                "the payment gateway is unavailable; nothing was charged, retry later",
                 state.config().retry_after,
-            ))
+            )
+            .with_detail(reason))
         }
     }
 }
@@ -379,6 +383,31 @@ pub(crate) fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Counts a request whose handler was dropped before it was disarmed: the client went away mid-wait, and the
+/// guard's drop is the only code that still runs.
+struct CountedIfDropped<'a> {
+    counter: &'a AtomicU64,
+    armed: bool,
+}
+
+impl<'a> CountedIfDropped<'a> {
+    fn new(counter: &'a AtomicU64) -> Self {
+        Self { counter, armed: true }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CountedIfDropped<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            count(self.counter);
+        }
+    }
+}
+
 /// `GET /health`: cheap liveness for the load balancer and the container health check.
 pub(crate) async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
@@ -421,8 +450,42 @@ pub(crate) async fn method_not_allowed() -> ApiError {
 /// Records every request's count and latency by route and status.
 pub(crate) async fn record_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = Route::of(request.uri().path());
+    let request_id = request_id_of(&request);
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     state.request_metrics().record(route, response.status(), started.elapsed());
+    if let Some(ErrorDetail { code, detail }) = response.extensions_mut().remove::<ErrorDetail>() {
+        let request_id = request_id.to_str().unwrap_or_default();
+        if response.status().is_server_error() {
+            tracing::warn!(request_id, status = response.status().as_u16(), code, detail, "request failed");
+        } else {
+            tracing::debug!(request_id, status = response.status().as_u16(), code, detail, "request refused");
+        }
+    }
+    response.headers_mut().insert(REQUEST_ID, request_id);
     response
+}
+
+/// The header that names a request in both directions: a client may send its own, and every answer carries one.
+pub(crate) const REQUEST_ID: &str = "x-request-id";
+
+/// The longest client-sent request id kept; a longer or non-printable one is replaced by a fresh UUID.
+const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// The client's `x-request-id` when it is printable ASCII of a sane length, otherwise a new UUID: the id the
+/// answer carries and the logs name, so a client can quote it.
+fn request_id_of(request: &Request) -> HeaderValue {
+    request
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|value| {
+            let bytes = value.as_bytes();
+            !bytes.is_empty()
+                && bytes.len() <= MAX_REQUEST_ID_CHARS
+                && bytes.iter().all(|byte| byte.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&Uuid::new_v4().to_string()).expect("a UUID is a valid header value")
+        })
 }

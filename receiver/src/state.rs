@@ -85,6 +85,7 @@ pub(crate) struct Counters {
     pub(crate) sync_unavailable: AtomicU64,
     pub(crate) sync_invalid: AtomicU64,
     pub(crate) sync_shed: AtomicU64,
+    pub(crate) sync_abandoned: AtomicU64,
 }
 
 /// Which order endpoint a request is for.
@@ -238,6 +239,7 @@ impl AppState {
                 unavailable: load(&counters.sync_unavailable),
                 invalid: load(&counters.sync_invalid),
                 shed: load(&counters.sync_shed),
+                abandoned: load(&counters.sync_abandoned),
                 in_flight: sync_in_flight,
                 gate_waiting: shared.gate.waiting() as u64,
                 gate_busy: shared.gate.busy() as u64,
@@ -308,6 +310,9 @@ pub struct SyncStats {
     pub invalid: u64,
     /// Answered 503 at once because the endpoint was at its concurrency limit.
     pub shed: u64,
+    /// Never answered: the client went away first (a client timeout at or under the sync timeout does this).
+    /// Its payment left the gate with it, before any decision, so nothing was charged.
+    pub abandoned: u64,
     /// Being handled right now (most of them waiting for the gate).
     pub in_flight: u64,
     /// Payments waiting for a gate slot right now.

@@ -60,9 +60,9 @@ pub enum InstallError {
     Upkeep(#[from] std::io::Error),
 }
 
-/// Installs this process's Prometheus recorder with `buckets` (histograms not named get summaries) and starts
-/// its upkeep thread. A process has one recorder: a second call fails.
-pub fn install(buckets: &[Buckets]) -> Result<PrometheusHandle, InstallError> {
+/// A recorder builder with `buckets` (histograms not named get summaries): what [`install`] installs, and what a
+/// test builds a thread-local recorder from, so both export the same histograms.
+pub fn builder(buckets: &[Buckets]) -> Result<PrometheusBuilder, BuildError> {
     let mut builder = PrometheusBuilder::new();
     for set in buckets {
         let matcher = match set.metric {
@@ -71,7 +71,13 @@ pub fn install(buckets: &[Buckets]) -> Result<PrometheusHandle, InstallError> {
         };
         builder = builder.set_buckets_for_metric(matcher, set.bounds)?;
     }
-    let handle = builder.install_recorder()?;
+    Ok(builder)
+}
+
+/// Installs this process's Prometheus recorder with `buckets` (see [`builder`]) and starts its upkeep thread. A
+/// process has one recorder: a second call fails.
+pub fn install(buckets: &[Buckets]) -> Result<PrometheusHandle, InstallError> {
+    let handle = builder(buckets)?.install_recorder()?;
     let upkeep = handle.clone();
     std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
         loop {

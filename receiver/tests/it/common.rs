@@ -82,6 +82,7 @@ pub struct Answer {
     pub content_type: Option<String>,
     pub retry_after: Option<String>,
     pub allow: Option<String>,
+    pub request_id: String,
     pub json: serde_json::Value,
 }
 
@@ -91,11 +92,13 @@ impl Answer {
         let content_type = header("content-type");
         let retry_after = header("retry-after");
         let allow = header("allow");
+        // Every answer, whatever its status, names its request.
+        let request_id = header("x-request-id").expect("every answer carries an x-request-id");
         let status = response.status().as_u16();
         let text = response.text().await.expect("a body");
         let json = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text}"));
-        Self { status, content_type, retry_after, allow, json }
+        Self { status, content_type, retry_after, allow, request_id, json }
     }
 
     /// `error.code` of an error answer, checking the error shape on the way.

@@ -8,4 +8,5 @@ mod common;
 mod idempotency;
 mod metrics;
 mod order_ledger;
+mod request_ids;
 mod sync_orders;

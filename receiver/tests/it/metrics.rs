@@ -13,7 +13,7 @@ use receiver::{AppState, Config};
 
 #[tokio::test]
 async fn metrics_cover_requests_publishing_the_ledger_and_the_gate() {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let recorder = service_shell::prometheus::builder(receiver::METRIC_BUCKETS).unwrap().build_recorder();
     let handle = recorder.handle();
     // The default for this thread only. `#[tokio::test]` runs the server's tasks on this same thread (a
     // current-thread runtime), so they record here and nothing else does.

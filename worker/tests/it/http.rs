@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{Running, config, send_orders, stack, wait_for};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use worker::{Worker, WorkerStats, metric_names};
 
 const VISIBILITY: Duration = Duration::from_secs(30);
@@ -24,13 +23,7 @@ async fn serve(
 #[tokio::test]
 async fn health_stats_and_metrics_describe_the_running_worker() {
     // A local recorder, so the test neither needs nor disturbs a global one.
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(metric_names::PROCESSING_SECONDS.into()),
-            &[0.01, 0.05, 0.1, 1.0],
-        )
-        .unwrap()
-        .build_recorder();
+    let recorder = service_shell::prometheus::builder(worker::METRIC_BUCKETS).unwrap().build_recorder();
     let prometheus = recorder.handle();
     let stack = stack(VISIBILITY, 5);
     send_orders(&stack.queue, 3);
