@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{Running, config, send_orders, stack, wait_for};
-use worker::{Worker, WorkerStats, metric_names};
+use worker::{Worker, WorkerStats};
 
 const VISIBILITY: Duration = Duration::from_secs(30);
 
