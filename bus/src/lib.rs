@@ -21,6 +21,9 @@ use async_trait::async_trait;
 
 pub mod aws;
 pub mod embedded;
+mod message_rules;
+
+pub use message_rules::{check_message, is_sqs_character};
 
 /// SQS and SNS accept at most ten entries per batch call (PublishBatch, ReceiveMessage, DeleteMessageBatch,
 /// ChangeMessageVisibilityBatch).

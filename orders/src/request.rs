@@ -145,6 +145,10 @@ fn parse_item(index: usize, raw: &RawValue, errors: &mut Errors) -> Option<LineI
             path("product_id"),
             format!("must be at most {} characters", limits::MAX_PRODUCT_ID_CHARS),
         ),
+        Some(Ok(id)) if id.chars().any(is_unprintable) => errors.reject(
+            path("product_id"),
+            "must be printable text: no control characters, U+FFFE or U+FFFF (the message bus refuses them)",
+        ),
         Some(Ok(id)) => Some(id),
     };
     let quantity = match quantity.map(|raw| serde_json::from_str::<i64>(raw.get())) {
@@ -203,6 +207,12 @@ impl Errors {
     fn into_error(self) -> RequestError {
         RequestError::Invalid(self.0)
     }
+}
+
+/// Characters no catalogue key has, and the two that JSON carries raw yet SNS and SQS refuse to store (U+FFFE,
+/// U+FFFF): an order holding one would be accepted here and then refused by the bus forever.
+fn is_unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{FFFE}' | '\u{FFFF}')
 }
 
 #[cfg(test)]
@@ -297,6 +307,16 @@ mod tests {
             r#"{{"customer_id": 1, "items": [{{"product_id": "{id}", "quantity": 1, "price": 1}}]}}"#
         );
         assert!(OrderRequest::from_json(body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn product_ids_the_bus_would_refuse_are_refused_here_by_name() {
+        for escaped in [r"\uFFFF", r"\uFFFE", r"\u0000", r"tab\there", r"\u001b[31m"] {
+            let body = format!(
+                r#"{{"customer_id": 1, "items": [{{"product_id": "{escaped}", "quantity": 1, "price": 1}}]}}"#
+            );
+            assert_eq!(fields(&body), ["items[0].product_id"], "{escaped}");
+        }
     }
 
     proptest! {

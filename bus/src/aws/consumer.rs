@@ -12,8 +12,8 @@ use aws_sdk_sqs::types::{
 };
 
 use super::batch::{EntryAnswers, FailedEntry, match_entries};
-use super::check_message;
 use super::error::{Call, from_sdk_error};
+use crate::check_message;
 use crate::{
     BusError, Consumer, EntryResult, MAX_BATCH_ENTRIES, MAX_VISIBILITY, MAX_WAIT, MessageId, OutgoingMessage,
     QueueStats, ReceiptHandle, ReceivedMessage, VisibilityChange, check_batch_size,

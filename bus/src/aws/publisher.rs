@@ -7,8 +7,8 @@ use aws_config::SdkConfig;
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 
 use super::batch::{EntryAnswers, FailedEntry, match_entries};
-use super::check_message;
 use super::error::{Call, from_sdk_error};
+use crate::check_message;
 use crate::{
     BusError, EntryResult, MAX_BATCH_ENTRIES, MAX_MESSAGE_BYTES, MessageId, OutgoingMessage, Publisher,
     check_batch_size,

@@ -35,9 +35,8 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::{
-    BusError, Consumer, EntryResult, MAX_BATCH_ENTRIES, MAX_MESSAGE_BYTES, MAX_VISIBILITY, MAX_WAIT,
-    MessageId, OutgoingMessage, QueueStats, ReceiptHandle, ReceivedMessage, VisibilityChange,
-    check_batch_size,
+    BusError, Consumer, EntryResult, MAX_BATCH_ENTRIES, MAX_VISIBILITY, MAX_WAIT, MessageId, OutgoingMessage,
+    QueueStats, ReceiptHandle, ReceivedMessage, VisibilityChange, check_batch_size,
 };
 
 /// SQS caps `maxReceiveCount` in a redrive policy at 1,000.
@@ -197,7 +196,7 @@ impl EmbeddedQueue {
 
     /// Sends a message straight to this queue (SQS `SendMessage`), bypassing any topic.
     pub fn send(&self, message: OutgoingMessage) -> Result<MessageId, BusError> {
-        check_message_size(&message)?;
+        crate::check_message(&message)?;
         let now = Instant::now();
         let id = {
             let mut state = self.shared.lock();
@@ -587,15 +586,6 @@ impl QueueState {
 /// wakes no one.
 fn deadline_moved_earlier(before: Option<Instant>, after: Option<Instant>, now: Instant) -> bool {
     after.is_some_and(|after| after < now + MAX_WAIT && before.is_none_or(|before| after < before))
-}
-
-/// Rejects messages over the SNS/SQS size limit.
-pub(crate) fn check_message_size(message: &OutgoingMessage) -> Result<(), BusError> {
-    let size = message.size_bytes();
-    if size > MAX_MESSAGE_BYTES {
-        return Err(BusError::MessageTooLarge { size, limit: MAX_MESSAGE_BYTES });
-    }
-    Ok(())
 }
 
 /// A UUID-shaped message id, unique per queue and sequence number: cheaper than drawing randomness per message.

@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::queue::{check_message_size, message_id};
+use super::queue::message_id;
 use crate::{
     BusError, EntryResult, MAX_MESSAGE_BYTES, MessageId, OutgoingMessage, Publisher, check_batch_size,
 };
@@ -148,7 +148,7 @@ impl Publisher for EmbeddedTopic {
     async fn publish(&self, message: OutgoingMessage) -> Result<MessageId, BusError> {
         let state = self.read_state();
         check_failure(&state)?;
-        check_message_size(&message)?;
+        crate::check_message(&message)?;
         Ok(self.fan_out(&state, message))
     }
 

@@ -213,3 +213,21 @@ async fn the_stack_is_wired_like_terraform() {
     assert_eq!(stack.queue.stats_now().visible, 0, "expired after 4 days");
     assert_eq!(stack.dead_letter.stats_now().backlog(), 1, "still in the DLQ");
 }
+
+/// The embedded bus refuses what SNS and SQS refuse, as the aws adapter does, so local runs see production's
+/// answers: a character SQS cannot store, an empty body, a bad attribute name.
+#[tokio::test(start_paused = true)]
+async fn refuses_what_sns_and_sqs_refuse() {
+    let stack = EmbeddedStack::new(StackConfig::default());
+    for refused in [
+        OutgoingMessage::new("{\"product_id\":\"\u{FFFF}\"}"),
+        OutgoingMessage::new(""),
+        OutgoingMessage::new("x").with_attribute("AWS.trace", "1"),
+    ] {
+        let published = stack.topic.publish(refused.clone()).await;
+        assert!(matches!(published, Err(BusError::InvalidParameter(_))), "{refused:?}: {published:?}");
+        let sent = stack.queue.send(refused.clone());
+        assert!(matches!(sent, Err(BusError::InvalidParameter(_))), "{refused:?}: {sent:?}");
+    }
+    assert_eq!(stack.queue.stats_now().visible, 0, "nothing was delivered");
+}

@@ -257,6 +257,19 @@ proptest! {
         assert_client_answer(&post_blocking("/orders/async", value.to_string().into_bytes()));
     }
 
+    /// Whatever characters a product id holds, the order is accepted (202) or refused by name (422), never
+    /// left to the bus to refuse (a 503 that no retry cures): the embedded bus applies SNS's and SQS's rules.
+    #[test]
+    fn any_product_id_is_accepted_or_refused_by_name(id in "\\PC{0,8}[\\x00-\\x1f\\u{fffe}\\u{ffff}\\u{d7ff}-\\u{e000}]?\\PC{0,8}") {
+        let body = json!({"customer_id": 1, "items": [{"product_id": id, "quantity": 1, "price": 1}]});
+        let answer = post_blocking("/orders/async", body.to_string().into_bytes());
+        match answer.status {
+            202 => {}
+            422 => assert_eq!(answer.json["error"]["fields"][0]["field"], "items[0].product_id", "{}", answer.json),
+            other => panic!("{other}: {}", answer.json),
+        }
+    }
+
     #[test]
     fn arbitrary_order_ids_get_a_json_client_answer(id in any_order_path()) {
         let id = id.unwrap_or_else(|| {
