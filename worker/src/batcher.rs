@@ -96,6 +96,15 @@ impl BatchSettings {
 struct Request<E> {
     entry: E,
     reply: Option<oneshot::Sender<Result<(), BusError>>>,
+    /// Retry past [`BatchSettings::retries`] while a try can start before this.
+    retry_until: Option<Instant>,
+}
+
+impl<E> Request<E> {
+    /// Whether a retryable failure on try `attempt` (0 for the first) is tried again at `next_try`.
+    fn may_retry(&self, attempt: u32, settings: &BatchSettings, next_try: Instant) -> bool {
+        attempt < settings.retries || self.retry_until.is_some_and(|until| next_try < until)
+    }
 }
 
 /// The sending side of a batcher: cheap to clone. The batcher flushes everything submitted and stops once
@@ -125,13 +134,20 @@ impl<E: BatchEntry> Batcher<E> {
 
     /// Queues an entry; its outcome is logged and counted by the batcher.
     pub(crate) fn submit(&self, entry: E) {
-        self.send(Request { entry, reply: None });
+        self.send(Request { entry, reply: None, retry_until: None });
+    }
+
+    /// Queues an entry whose retryable failures are retried past the usual budget, for as long as the next try
+    /// would start before `until` (a settled message's delete, while the message is still hidden: SQS accepts
+    /// its receipt handle until then). Its outcome is logged and counted by the batcher.
+    pub(crate) fn submit_until(&self, entry: E, until: Instant) {
+        self.send(Request { entry, reply: None, retry_until: Some(until) });
     }
 
     /// Queues an entry and waits for its outcome.
     pub(crate) async fn submit_and_wait(&self, entry: E) -> Result<(), BusError> {
         let (reply, outcome) = oneshot::channel();
-        self.send(Request { entry, reply: Some(reply) });
+        self.send(Request { entry, reply: Some(reply), retry_until: None });
         outcome.await.unwrap_or_else(|_| Err(stopped()))
     }
 
@@ -191,8 +207,8 @@ async fn send_with_retries<E: BatchEntry>(
     settings: BatchSettings,
     failures: &AtomicU64,
 ) {
-    for attempt in 0..=settings.retries {
-        let last_attempt = attempt == settings.retries;
+    for attempt in 0.. {
+        let pause = settings.retry_backoff.delay(attempt);
         let entries = pending.iter().map(|request| request.entry.clone()).collect();
         let results = match E::call(Arc::clone(&consumer), entries).await {
             Ok(results) if results.len() == pending.len() => results,
@@ -202,10 +218,13 @@ async fn send_with_retries<E: BatchEntry>(
             }
             Err(error) => vec![Err(error); pending.len()],
         };
+        let next_try = Instant::now() + pause;
         let mut retry = Vec::new();
         for (request, result) in pending.into_iter().zip(results) {
             match result {
-                Err(error) if error.is_retryable() && !last_attempt => retry.push(request),
+                Err(error) if error.is_retryable() && request.may_retry(attempt, &settings, next_try) => {
+                    retry.push(request)
+                }
                 Err(error) => {
                     failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(action = E::ACTION, entry = ?request.entry, %error, "batch entry failed");
@@ -218,7 +237,7 @@ async fn send_with_retries<E: BatchEntry>(
             return;
         }
         pending = retry;
-        sleep(settings.retry_backoff.delay(attempt)).await;
+        sleep(pause).await;
     }
 }
 

@@ -14,11 +14,14 @@
 //! | unparseable or invalid (poison)      | sent to the DLQ with the reason, then deleted                    |
 //! | shutdown deadline passed             | visible again at once (visibility 0) for another worker          |
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bus::{
-    ATTR_DEAD_LETTER_REASON, Consumer, OutgoingMessage, ReceiptHandle, ReceivedMessage, VisibilityChange,
+    ATTR_DEAD_LETTER_REASON, BusError, Consumer, OutgoingMessage, ReceiptHandle, ReceivedMessage,
+    VisibilityChange,
 };
 use chrono::Utc;
 use ledger::{
@@ -46,6 +49,13 @@ pub(crate) struct Processor {
     /// Cancelled when the worker's `run` future is dropped: a crash.
     pub(crate) kill: CancellationToken,
 }
+
+/// The share of the heartbeat's lead (a third of the visibility timeout) one extension call may take: half, so a
+/// call that times out still leaves time for a retry before the message shows again.
+const HEARTBEAT_CALL_BOUND: f64 = 0.5;
+
+/// A visibility extension in flight, polled beside the payment.
+type Extension<'a> = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send + 'a>>;
 
 /// How the payment phase of a message ended.
 enum Payment {
@@ -126,7 +136,9 @@ impl Processor {
             }
         };
         self.checkpoint(CrashPoint::BeforeCharge).await;
-        match self.pay(slot.gate(), recorded, &wire.order, &message, received_at).await {
+        let (payment, visible_until) =
+            self.pay(slot.gate(), recorded, &wire.order, &message, received_at).await;
+        match payment {
             Payment::Finished(Ok(charged)) => {
                 self.checkpoint(CrashPoint::AfterCharge).await;
                 if charged.replayed {
@@ -167,7 +179,9 @@ impl Processor {
                 stats.processing.record(received_at.elapsed());
                 let end_to_end = (Utc::now() - wire.accepted_at).to_std().unwrap_or_default();
                 stats.end_to_end.record(end_to_end);
-                self.deleter.submit(message.receipt_handle);
+                // Retried while the message stays hidden: once it shows again, its redelivery is deleted
+                // without charging anyway.
+                self.deleter.submit_until(message.receipt_handle, visible_until);
             }
             Payment::Finished(Err(error)) => {
                 drop(window);
@@ -228,8 +242,14 @@ impl Processor {
     }
 
     /// Pays, extending the message's visibility whenever it is about to expire, until the payment finishes,
-    /// the shutdown deadline abandons it, or the worker is killed. Each extension completes before the next step, so no extension
-    /// can land after the message's delete or release.
+    /// the shutdown deadline abandons it, or the worker is killed. Returns how the payment ended and until when
+    /// the message is known to stay invisible.
+    ///
+    /// The heartbeat runs beside the payment and the shutdown signal, never in their way: each extension call
+    /// is bounded by [`HEARTBEAT_CALL_BOUND`] of the lead, a transient failure is retried while the message is
+    /// still invisible, and only a permanent one (a stale receipt handle: the message was redelivered) ends it.
+    /// An extension still in flight when the payment ends completes before the next step, so none lands after
+    /// the message's delete or release.
     async fn pay(
         &self,
         gate: &PaymentGate,
@@ -237,42 +257,79 @@ impl Processor {
         order: &Order,
         message: &ReceivedMessage,
         received_at: Instant,
-    ) -> Payment {
+    ) -> (Payment, Instant) {
         let visibility = self.config().visibility_timeout;
-        // Extend when two thirds of the visibility have passed, leaving a third for the call itself.
+        // Extend when two thirds of the visibility have passed, leaving a third for the call and its retries.
         let lead = visibility / 3;
+        let call_bound = lead.mul_f64(HEARTBEAT_CALL_BOUND);
         let mut visible_until = received_at + visibility;
-        let mut heartbeat = true;
+        let mut next_extension = Some(visible_until - lead);
+        let mut failures = 0;
+        let mut extension: Option<Extension<'_>> = None;
+        let mut asked = Instant::now();
         let gateway = IdempotentGateway::new(gate.clone(), Arc::clone(&self.shared.ledger));
         let payment = gateway.charge(order, recorded);
         tokio::pin!(payment);
-        loop {
-            let extend_at = visible_until - lead;
+        let ended = loop {
             tokio::select! {
                 biased;
-                result = &mut payment => return Payment::Finished(result),
+                result = &mut payment => break Payment::Finished(result),
                 () = self.abandon.cancelled() => {
-                    return if self.kill.is_cancelled() { Payment::Killed } else { Payment::Abandoned };
+                    if self.kill.is_cancelled() {
+                        return (Payment::Killed, visible_until);
+                    }
+                    break Payment::Abandoned;
                 }
-                () = sleep_until(extend_at), if heartbeat => {
-                    let change = VisibilityChange { receipt_handle: message.receipt_handle.clone(), timeout: visibility };
-                    let asked = Instant::now();
-                    match self.visibility.submit_and_wait(change).await {
+                result = async { extension.as_mut().expect("polled only while in flight").await },
+                    if extension.is_some() =>
+                {
+                    extension = None;
+                    match result {
                         Ok(()) => {
                             visible_until = asked + visibility;
+                            next_extension = Some(visible_until - lead);
+                            failures = 0;
                             self.shared.stats.heartbeats.add(1);
                         }
+                        Err(error) if error.is_retryable() && Instant::now() + call_bound < visible_until => {
+                            failures += 1;
+                            let pause = self.config().poll_backoff.delay(failures - 1).min(call_bound);
+                            next_extension = Some(Instant::now() + pause);
+                            tracing::warn!(order_id = %order.order_id, %error, failures,
+                                "could not extend visibility; retrying while the message is still hidden");
+                        }
                         Err(error) => {
-                            // Usually a stale handle: the message was already redelivered. Keep paying; the
-                            // ledger's claim and the gateway's charge record keep the other delivery from
+                            // A stale handle (the message was already redelivered) or no time left: keep paying;
+                            // the ledger's claim and the gateway's charge record keep the other delivery from
                             // charging again.
-                            heartbeat = false;
-                            tracing::warn!(order_id = %order.order_id, %error, "could not extend visibility");
+                            next_extension = None;
+                            tracing::warn!(order_id = %order.order_id, %error,
+                                "could not extend visibility; the message may be redelivered meanwhile");
                         }
                     }
                 }
+                () = sleep_until(next_extension.unwrap_or_else(Instant::now)),
+                    if extension.is_none() && next_extension.is_some() =>
+                {
+                    let change =
+                        VisibilityChange { receipt_handle: message.receipt_handle.clone(), timeout: visibility };
+                    asked = Instant::now();
+                    let visibility_batcher = &self.visibility;
+                    extension = Some(Box::pin(async move {
+                        tokio::time::timeout(call_bound, visibility_batcher.submit_and_wait(change))
+                            .await
+                            .unwrap_or(Err(BusError::Timeout))
+                    }));
+                }
             }
+        };
+        if let Some(in_flight) = extension
+            && in_flight.await.is_ok()
+        {
+            visible_until = asked + visibility;
+            self.shared.stats.heartbeats.add(1);
         }
+        (ended, visible_until)
     }
 
     /// Leaves the message for a later redelivery, after a backoff growing with its receive count.

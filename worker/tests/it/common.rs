@@ -142,11 +142,21 @@ pub struct Observed {
     pub calls: Mutex<Vec<(Instant, Call)>>,
     /// While set, every delete entry fails with this error.
     pub failing_deletes: Mutex<Option<BusError>>,
+    /// While set, every visibility change entry fails with this error.
+    pub failing_extensions: Mutex<Option<BusError>>,
+    /// While set, a visibility change call never answers.
+    pub stalled_extensions: std::sync::atomic::AtomicBool,
 }
 
 impl Observed {
     pub fn new(inner: EmbeddedQueue) -> Arc<Self> {
-        Arc::new(Self { inner, calls: Mutex::new(Vec::new()), failing_deletes: Mutex::new(None) })
+        Arc::new(Self {
+            inner,
+            calls: Mutex::new(Vec::new()),
+            failing_deletes: Mutex::new(None),
+            failing_extensions: Mutex::new(None),
+            stalled_extensions: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     pub fn calls(&self) -> Vec<(Instant, Call)> {
@@ -185,7 +195,14 @@ impl Consumer for Observed {
         for change in &changes {
             self.record(Call::ChangeVisibility(change.receipt_handle.clone(), change.timeout));
         }
-        self.inner.change_visibility_batch(changes).await
+        if self.stalled_extensions.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let failing = self.failing_extensions.lock().unwrap().clone();
+        match failing {
+            Some(error) => Ok(vec![Err(error); changes.len()]),
+            None => self.inner.change_visibility_batch(changes).await,
+        }
     }
 
     async fn send_to_dead_letter(&self, message: OutgoingMessage) -> Result<MessageId, BusError> {

@@ -409,6 +409,74 @@ async fn the_heartbeat_keeps_a_long_payment_from_being_redelivered() {
     worker.shutdown().await;
 }
 
+/// A delete that keeps failing after the payment is retried for as long as the message stays hidden, not just
+/// for the batcher's usual second and a half: the broker's five-second trouble passes and nothing is redelivered.
+#[tokio::test(start_paused = true)]
+async fn a_settled_orders_delete_is_retried_while_its_message_is_hidden() {
+    let stack = stack(VISIBILITY, 5);
+    send_orders(&stack.queue, 1);
+    let observed = Observed::new(stack.queue.clone());
+    *observed.failing_deletes.lock().unwrap() =
+        Some(BusError::Transient { code: "InternalError".into(), message: "deletes are down".into() });
+    let worker = Running::start(config(1, SECOND, VISIBILITY), observed.clone());
+    wait_for("the payment", secs(5), || worker.handle.settled() == 1).await;
+    sleep(secs(5)).await;
+    *observed.failing_deletes.lock().unwrap() = None;
+    wait_for("the delete", secs(10), || stack.queue.stats_now().backlog() == 0).await;
+    let deletes = observed.calls().iter().filter(|(_, call)| matches!(call, Call::Delete(_))).count();
+    assert!(deletes > 5, "tried past the batcher's usual five sends: {deletes}");
+    let stats = worker.handle.stats();
+    assert_eq!((stats.received, stats.charged, stats.delete_failures), (1, 1, 0), "{stats:?}");
+    worker.shutdown().await;
+}
+
+/// A transient failure of an extension is retried while the message is still hidden, instead of ending the
+/// heartbeat: the message is never shown to another consumer during the payment.
+#[tokio::test(start_paused = true)]
+async fn the_heartbeat_retries_a_failed_extension_while_the_message_is_hidden() {
+    let visibility = secs(30);
+    let stack = stack(visibility, 5);
+    send_orders(&stack.queue, 1);
+    let observed = Observed::new(stack.queue.clone());
+    *observed.failing_extensions.lock().unwrap() =
+        Some(BusError::Transient { code: "InternalError".into(), message: "extensions are down".into() });
+    let worker = Running::start(config(1, secs(40), visibility), observed.clone());
+    let started = Instant::now();
+    tokio::time::sleep_until(started + secs(22)).await;
+    *observed.failing_extensions.lock().unwrap() = None;
+    for check in [secs(31), secs(35), secs(39)] {
+        tokio::time::sleep_until(started + check).await;
+        let stolen = stack.queue.receive(10, Duration::ZERO).await.unwrap();
+        assert!(stolen.is_empty(), "at {check:?} another consumer could take the message");
+    }
+    wait_for("the long payment", secs(5), || worker.handle.settled() == 1).await;
+    let stats = worker.handle.stats();
+    assert_eq!((stats.received, stats.charged), (1, 1), "{stats:?}");
+    assert!(stats.heartbeats >= 1, "an extension got through once the failure passed: {stats:?}");
+    worker.shutdown().await;
+}
+
+/// An extension call that never answers does not hold the payment up: the payment finishes on time, each call
+/// is bounded, and the message is deleted.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_extension_does_not_hold_up_the_payment() {
+    let visibility = secs(3);
+    let stack = stack(visibility, 5);
+    send_orders(&stack.queue, 1);
+    let observed = Observed::new(stack.queue.clone());
+    observed.stalled_extensions.store(true, std::sync::atomic::Ordering::SeqCst);
+    let worker = Running::start(config(1, secs(10), visibility), observed.clone());
+    let started = Instant::now();
+    wait_for("the payment", secs(15), || worker.handle.settled() == 1).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(10_600),
+        "settled {:?} after the receive",
+        started.elapsed()
+    );
+    assert_eq!(worker.handle.stats().charged, 1);
+    worker.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_invalid_config_is_refused() {
     let stack = stack(VISIBILITY, 5);
