@@ -61,6 +61,15 @@ const RELEASE_GRACE: Duration = Duration::from_secs(3);
 /// plus the calls themselves.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
+impl WorkerConfig {
+    /// The longest a shutdown can take, from the signal to [`Worker::run`] returning, whatever the broker does:
+    /// the drain deadline, then the release of unfinished messages, then the final flush of deletes and
+    /// visibility changes, each bounded. A container's stop timeout must exceed it (`terraform/` derives it).
+    pub fn worst_case_shutdown(&self) -> Duration {
+        self.shutdown_deadline + RELEASE_GRACE + FLUSH_GRACE
+    }
+}
+
 /// Why a worker could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

@@ -409,6 +409,34 @@ async fn the_heartbeat_keeps_a_long_payment_from_being_redelivered() {
     worker.shutdown().await;
 }
 
+/// The worst case of a shutdown: payments that outlast the drain deadline, a broker that never answers a
+/// release or a delete. `run` still returns within `worst_case_shutdown`, the budget the container's stop
+/// timeout is derived from (and the default fits ECS's 30 s only with the stop timeout `terraform/` sets).
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_with_a_stalled_broker_ends_within_its_worst_case() {
+    let stack = stack(VISIBILITY, 5);
+    send_orders(&stack.queue, 4);
+    let observed = Observed::new(stack.queue.clone());
+    let config = WorkerConfig { shutdown_deadline: secs(2), ..config(3, secs(60), VISIBILITY) };
+    let budget = config.worst_case_shutdown();
+    assert_eq!(budget, secs(2 + 3 + 5));
+    assert_eq!(
+        WorkerConfig::default().worst_case_shutdown(),
+        secs(33),
+        "over ECS's default 30 s stop timeout"
+    );
+    let worker = Running::start(config, observed.clone());
+    wait_for("three payments under way", secs(5), || worker.handle.stats().in_flight == 3).await;
+    observed.stalled_extensions.store(true, std::sync::atomic::Ordering::SeqCst);
+    *observed.failing_deletes.lock().unwrap() =
+        Some(BusError::Transient { code: "InternalError".into(), message: "deletes are down".into() });
+    let started = Instant::now();
+    worker.shutdown().await;
+    let took = started.elapsed();
+    assert!(took <= budget, "the shutdown took {took:?}, over its worst case {budget:?}");
+    assert!(took >= secs(2), "it waited out the drain deadline: {took:?}");
+}
+
 /// A delete that keeps failing after the payment is retried for as long as the message stays hidden, not just
 /// for the batcher's usual second and a half: the broker's five-second trouble passes and nothing is redelivered.
 #[tokio::test(start_paused = true)]
