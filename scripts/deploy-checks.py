@@ -660,7 +660,7 @@ def binaries(outputs_path, endpoint, receiver_binary, worker_binary):
         "BIND_ADDR": "127.0.0.1",
     }
     containers = {service: task_container(ecs, cluster, names[service]) for service in ("receiver", "worker")}
-    env = {service: {**{p["name"]: p["value"] for p in containers[service]["environment"]}, **local, "PORT": str(free_port())}
+    env = {service: {**{p["name"]: p["value"] for p in containers[service]["environment"]}, **local, "PORT": str(free_port()), "ADMIN_PORT": str(free_port())}
            for service in ("receiver", "worker")}
     binary = {"receiver": receiver_binary, "worker": worker_binary}
     running = {}
@@ -956,6 +956,16 @@ def plan_hardening(plan_path):
             c.equal(f"{pair}-{window}: slow = responses above slo_async_latency_seconds", stats, [f"TC({variables['slo_async_latency_seconds']}:)"])
     c.check("SLO output: budget minutes = (100 - target)% of the window",
             abs(plan["planned_values"]["outputs"]["slo_async"]["value"]["error_budget_minutes"] - budget * days * 24 * 60) < 1e-6)
+
+    print("  the load balancer reaches no operator path: /stats and /metrics are on the receiver's admin port")
+    receiver_port, admin_port = receiver_env.get("PORT"), receiver_env.get("ADMIN_PORT")
+    c.check("receiver: ADMIN_PORT set, and not its public PORT", admin_port and admin_port != receiver_port, (receiver_port, admin_port))
+    target_ports = {address: str(values.get("port")) for address, values in resources.items()
+                    if address.startswith("aws_lb_target_group.")}
+    c.check("every target group forwards to the receiver's public PORT, none to ADMIN_PORT",
+            target_ports and all(port == receiver_port for port in target_ports.values()), target_ports)
+    mapped = [m.get("containerPort") for m in containers["receiver"].get("portMappings", [])]
+    c.equal("receiver: only its public port is mapped", [str(p) for p in mapped], [receiver_port])
 
     print("  IAM: every role from a name_prefix; the orders topic's policy")
     configured = {r["address"]: r.get("expressions", {}) for r in plan["configuration"]["root_module"]["resources"]}

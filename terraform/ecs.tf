@@ -34,7 +34,10 @@ resource "aws_cloudwatch_log_group" "service" {
 
 locals {
   receiver_port = 8080
-  worker_port   = 8081
+  # The receiver's /stats and /metrics: not mapped, not in any target group, so the load balancer never reaches
+  # them (ECS Exec or a sidecar scraper inside the task can).
+  receiver_admin_port = 9090
+  worker_port         = 8081
 
   # Shutdown budgets. The worker, after SIGTERM, lets payments finish for SHUTDOWN_DEADLINE, then has
   # RELEASE_GRACE to give unfinished messages back and FLUSH_GRACE to flush its deletes (both constants
@@ -69,6 +72,7 @@ locals {
   environment = {
     receiver = merge(local.common_environment, {
       PORT             = tostring(local.receiver_port)
+      ADMIN_PORT       = tostring(local.receiver_admin_port)
       ORDERS_TOPIC_ARN = aws_sns_topic.orders.arn
       # The target group's deregistration delay is derived from it (local.receiver_deregistration_delay).
       SYNC_TIMEOUT = "${var.receiver_sync_timeout_seconds}s"

@@ -45,6 +45,8 @@ impl Service {
         command
             .args(args)
             .env("PORT", port.to_string())
+            // The receiver's admin port (/stats, /metrics): any free one, so services and runs never collide.
+            .env("ADMIN_PORT", crate::free_port().to_string())
             .env("BIND_ADDR", "127.0.0.1")
             .env("AWS_ENDPOINT_URL", aws_endpoint)
             .env("AWS_ACCESS_KEY_ID", "test")

@@ -107,6 +107,9 @@ pub struct UpArgs {
     /// Loopback port of the worker's /health, /stats, /metrics.
     #[arg(long, env = "WORKER_PORT", default_value_t = 8081)]
     pub worker_port: u16,
+    /// Loopback port of the receiver's /stats and /metrics (its admin port, as the receiver binary has).
+    #[arg(long, env = "ADMIN_PORT", default_value_t = 9090)]
+    pub admin_port: u16,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub pipeline: PipelineArgs,

@@ -43,6 +43,8 @@ pub struct PipelineConfig {
     pub sync_timeout: Duration,
     /// Loopback port for the receiver (0: any free port).
     pub receiver_port: u16,
+    /// Loopback port for the receiver's admin routes, `/stats` and `/metrics` (`None`: not served).
+    pub receiver_admin_port: Option<u16>,
     /// Loopback port for the worker's `/health`, `/stats`, `/metrics` (`None`: not served).
     pub worker_port: Option<u16>,
 }
@@ -56,6 +58,7 @@ impl Default for PipelineConfig {
             payment: worker.payment,
             sync_timeout: receiver::Config::default().sync_timeout,
             receiver_port: 0,
+            receiver_admin_port: None,
             worker_port: None,
         }
     }
@@ -71,6 +74,8 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
 pub struct EmbeddedPipeline {
     /// The receiver's address (`http://{receiver}/orders/async`).
     pub receiver: SocketAddr,
+    /// The receiver's admin address (`/stats`, `/metrics`), when served.
+    pub receiver_admin: Option<SocketAddr>,
     /// The worker's HTTP address, when served.
     pub worker_http: Option<SocketAddr>,
     /// The topic, queue and DLQ.
@@ -109,6 +114,22 @@ impl EmbeddedPipeline {
             Arc::clone(&ledger) as Arc<dyn ledger::Store>,
             metrics.clone(),
         );
+        let receiver_admin = match config.receiver_admin_port {
+            Some(port) => {
+                let admin_listener = TcpListener::bind(("127.0.0.1", port)).await?;
+                let address = admin_listener.local_addr()?;
+                let (state, stop) = (state.clone(), stop.clone());
+                tokio::spawn(async move {
+                    if let Err(error) =
+                        receiver::serve_admin(admin_listener, state, stop.cancelled_owned()).await
+                    {
+                        tracing::error!(%error, "receiver admin server failed");
+                    }
+                });
+                Some(address)
+            }
+            None => None,
+        };
         let receiver_task = tokio::spawn(receiver::run(listener, state, stop.clone().cancelled_owned()));
 
         let worker_config = WorkerConfig {
@@ -156,6 +177,7 @@ impl EmbeddedPipeline {
         };
         Ok(EmbeddedPipeline {
             receiver,
+            receiver_admin,
             worker_http,
             stack,
             ledger,

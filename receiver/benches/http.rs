@@ -103,7 +103,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 // ---------------------------------------------------------------------------------------------- the server child
 
 /// The child: a receiver as the binary runs it, on the embedded bus, plus the static route; prints
-/// `PORTS <receiver> <static>` and serves until its stdin closes.
+/// `PORTS <receiver> <static> <admin>` and serves until its stdin closes.
 fn serve() {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
@@ -142,11 +142,14 @@ fn serve() {
         let state = AppState::new(config, Arc::new(stack.topic.clone()), ledger, Some(metrics));
         let receiver_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let static_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!(
-            "PORTS {} {}",
+            "PORTS {} {} {}",
             receiver_listener.local_addr().unwrap().port(),
-            static_listener.local_addr().unwrap().port()
+            static_listener.local_addr().unwrap().port(),
+            admin_listener.local_addr().unwrap().port()
         );
+        tokio::spawn(receiver::serve_admin(admin_listener, state.clone(), std::future::pending()));
         std::io::stdout().flush().unwrap();
 
         let static_app = Router::new()
@@ -175,6 +178,8 @@ struct Server {
     child: Child,
     receiver: SocketAddr,
     static_route: SocketAddr,
+    /// The receiver's admin port (`/stats`).
+    admin: SocketAddr,
 }
 
 impl Server {
@@ -199,6 +204,7 @@ impl Server {
             child,
             receiver: SocketAddr::from(([127, 0, 0, 1], ports[0])),
             static_route: SocketAddr::from(([127, 0, 0, 1], ports[1])),
+            admin: SocketAddr::from(([127, 0, 0, 1], ports[2])),
         }
     }
 
@@ -284,7 +290,7 @@ async fn bench() -> bool {
     let (static_best, async_best) = (best(&static_runs), best(&async_runs));
     let non_2xx: u64 = async_runs.iter().map(|run| run.non_2xx).sum();
     println!("   peak RSS of the receiver process so far: {:.1} MB", server.memory_mb("VmHWM:"));
-    let stats = fetch_stats(server.receiver).await;
+    let stats = fetch_stats(server.admin).await;
     println!(
         "   receiver /stats: accepted {} published {} failed {} shed {} publish calls {} (mean batch {:.2})",
         stats["async"]["accepted"],

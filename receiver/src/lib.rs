@@ -9,7 +9,8 @@
 //!   the order endpoints' concurrency limits.
 //! - `POST /orders/sync` is the synchronous baseline: it waits for the process-wide payment gate with a deadline
 //!   and answers 200 (paid), 402 (declined) or 504 (no slot in time). Its throughput is `slots / latency`.
-//! - `GET /health`, `GET /stats` ([`ReceiverStats`]), `GET /metrics` (Prometheus text).
+//! - `GET /health`; and on a separate admin port ([`admin_app`], which the load balancer does not reach):
+//!   `GET /stats` ([`ReceiverStats`]), `GET /metrics` (Prometheus text).
 //!
 //! Every error is `{"error": {"code", "message", "fields"?}}` ([`ApiError`]). Each order endpoint has a
 //! concurrency limit beyond which requests get a fast 503 instead of queueing without bound.
@@ -86,20 +87,43 @@ pub const METRIC_BUCKETS: &[Buckets] = &[
     Buckets { metric: MetricName::Exact("receiver_publish_batch_size"), bounds: bucket_sets::BATCH_ENTRIES },
 ];
 
-/// The receiver's routes, with request metrics, the body limit and JSON 404/405 answers.
+/// The receiver's public routes (the orders API and `/health`), with request metrics, the body limit and JSON
+/// 404/405 answers. `/stats` and `/metrics` are not among them: they are on [`admin_app`], a port the load
+/// balancer does not route to.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/orders/async", post(routes::accept_async))
         .route("/orders/sync", post(routes::pay_sync))
         .route("/orders/{id}", get(routes::get_order))
         .route("/health", get(routes::health))
-        .route("/stats", get(routes::stats))
-        .route("/metrics", get(routes::metrics_text))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::record_request))
         .with_state(state)
+}
+
+/// The operators' routes, for a port only the inside of the deployment reaches: `/stats`, `/metrics` (rendered
+/// on request, outside the order endpoints' admission limits) and `/health`.
+pub fn admin_app(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/stats", get(routes::stats))
+        .route("/metrics", get(routes::metrics_text))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::record_request))
+        .with_state(state)
+}
+
+/// Serves [`admin_app`] on `listener` until `shutdown` completes, then stops at once: it holds no work that
+/// needs draining.
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, admin_app(state)).with_graceful_shutdown(shutdown).await
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then shuts down gracefully: stops accepting

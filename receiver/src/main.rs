@@ -26,6 +26,10 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
     bind: IpAddr,
+    /// Port of /stats and /metrics (and /health), for operators and scrapers inside the deployment; the load
+    /// balancer routes only to --port, where these paths answer 404.
+    #[arg(long, env = "ADMIN_PORT", default_value_t = 9090)]
+    admin_port: u16,
     /// ARN of the SNS topic accepted orders are published to. Required to serve.
     #[arg(long, env = "ORDERS_TOPIC_ARN")]
     topic_arn: Option<String>,
@@ -76,8 +80,19 @@ async fn serve(args: Args, topic_arn: String, table: String) -> anyhow::Result<(
     let address = SocketAddr::new(args.bind, args.port);
     let listener =
         tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
-    tracing::info!(%address, %topic_arn, %table, "receiver listening");
-    receiver::run(listener, state, service_shell::shutdown::signal()).await.context("serving HTTP")?;
+    let admin_address = SocketAddr::new(args.bind, args.admin_port);
+    let admin_listener = tokio::net::TcpListener::bind(admin_address)
+        .await
+        .with_context(|| format!("binding the admin port {admin_address}"))?;
+    tracing::info!(%address, %admin_address, %topic_arn, %table, "receiver listening");
+    // The admin port keeps answering while the public one drains, and stops after it.
+    let drained = tokio_util::sync::CancellationToken::new();
+    let admin =
+        tokio::spawn(receiver::serve_admin(admin_listener, state.clone(), drained.clone().cancelled_owned()));
+    let served = receiver::run(listener, state, service_shell::shutdown::signal()).await;
+    drained.cancel();
+    served.context("serving HTTP")?;
+    admin.await.context("admin server task")?.context("serving the admin port")?;
     tracing::info!("receiver stopped");
     Ok(())
 }

@@ -98,7 +98,12 @@ async fn health_and_stats_answer_json() {
     assert_eq!((health.status, &health.json), (200, &json!({"status": "ok"})));
 
     server.post_order(&client(), "/orders/async", &order(1)).await;
-    let stats = Answer::read(client().get(server.url("/stats")).send().await.unwrap()).await;
+    // Operators' paths are not on the public port, which the load balancer routes to.
+    for path in ["/stats", "/metrics"] {
+        let public = Answer::read(client().get(server.url(path)).send().await.unwrap()).await;
+        assert_eq!((public.status, public.error_code()), (404, "not_found"), "{path}");
+    }
+    let stats = server.admin_get(&client(), "/stats").await;
     assert_eq!(stats.status, 200);
     assert_eq!(stats.json["mode"], "embedded");
     assert_eq!(stats.json["async"]["accepted"], 1);
@@ -107,8 +112,10 @@ async fn health_and_stats_answer_json() {
     assert_eq!(parsed.async_orders.published, 1);
 
     // No recorder is installed in this test binary: /metrics says so in the error shape.
-    let metrics = Answer::read(client().get(server.url("/metrics")).send().await.unwrap()).await;
+    let metrics = server.admin_get(&client(), "/metrics").await;
     assert_eq!((metrics.status, metrics.error_code()), (404, "metrics_disabled"));
+    let admin_health = server.admin_get(&client(), "/health").await;
+    assert_eq!(admin_health.status, 200);
 }
 
 /// One receiver on its own runtime for all property-test cases.

@@ -59,6 +59,7 @@ fn sigterm_stops_it_cleanly_with_exit_0() {
     let port = free_port();
     let child = receiver_command()
         .env("PORT", port.to_string())
+        .env("ADMIN_PORT", free_port().to_string())
         .env("BIND_ADDR", "127.0.0.1")
         .env("ORDERS_TOPIC_ARN", "arn:aws:sns:us-east-1:000000000000:orders")
         .env("ORDERS_TABLE", "orders")

@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 /// A receiver serving on 127.0.0.1 at a free port.
 pub struct TestServer {
     pub address: SocketAddr,
+    /// The admin port: `/stats`, `/metrics`.
+    pub admin_address: SocketAddr,
     pub state: AppState,
     /// The records of the receiver's ledger, to look at or make fail.
     pub ledger: Arc<EmbeddedLedger>,
@@ -41,11 +43,15 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
         let address = listener.local_addr().unwrap();
         let state = AppState::new(config, publisher, port, None);
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        let admin_address = admin_listener.local_addr().unwrap();
+        // Served until the test's runtime ends.
+        tokio::spawn(receiver::serve_admin(admin_listener, state.clone(), std::future::pending()));
         let (shutdown, signal) = oneshot::channel::<()>();
         let server = tokio::spawn(receiver::run(listener, state.clone(), async move {
             let _ = signal.await;
         }));
-        Self { address, state, ledger, shutdown: Some(shutdown), server }
+        Self { address, admin_address, state, ledger, shutdown: Some(shutdown), server }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -57,6 +63,14 @@ impl TestServer {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+    }
+
+    /// GETs `path` from the admin port.
+    pub async fn admin_get(&self, client: &reqwest::Client, path: &str) -> Answer {
+        Answer::read(
+            client.get(format!("http://{}{path}", self.admin_address)).send().await.expect("answers"),
+        )
+        .await
     }
 
     pub async fn get(&self, client: &reqwest::Client, path: &str) -> Answer {

@@ -31,6 +31,9 @@ async fn metrics_cover_requests_publishing_the_ledger_and_the_gate() {
     let state = AppState::new(config, Arc::new(stack.topic.clone()), ledger.clone(), Some(handle));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = format!("http://{}", admin_listener.local_addr().unwrap());
+    tokio::spawn(receiver::serve_admin(admin_listener, state.clone(), std::future::pending()));
     tokio::spawn(receiver::run(listener, state, std::future::pending()));
     let client = client();
     let post = |path: &str, body: String| {
@@ -51,7 +54,12 @@ async fn metrics_cover_requests_publishing_the_ledger_and_the_gate() {
     assert_eq!(post("/orders/sync", order(2)).await.unwrap().status(), 200);
     assert_eq!(client.get(format!("{base}/nowhere/{}", 7)).send().await.unwrap().status(), 404);
 
-    let response = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(
+        client.get(format!("{base}/metrics")).send().await.unwrap().status(),
+        404,
+        "not on the public port"
+    );
+    let response = client.get(format!("{admin}/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = response.text().await.unwrap();
