@@ -46,13 +46,21 @@ pub struct Config {
     /// `10 / broker latency`; several overlap the broker's round trips.
     #[arg(long, env = "MAX_BATCHES_IN_FLIGHT", default_value_t = Config::default().max_batches_in_flight)]
     pub max_batches_in_flight: usize,
-    /// `POST /orders/async` requests handled at once; beyond it requests are shed with 503 before their body is
-    /// read. This bounds the memory held by requests whatever the offered load.
+    /// `POST /orders/async` requests handled at once, counted from when the body has arrived (a slow body holds
+    /// a connection, never one of these); beyond it requests are shed with 503.
     #[arg(long, env = "MAX_ASYNC_IN_FLIGHT", default_value_t = Config::default().max_async_in_flight)]
     pub max_async_in_flight: usize,
     /// `POST /orders/sync` requests handled (mostly: waiting for the gate) at once; beyond it 503.
     #[arg(long, env = "MAX_SYNC_IN_FLIGHT", default_value_t = Config::default().max_sync_in_flight)]
     pub max_sync_in_flight: usize,
+    /// How long a client may take to send a request's headers before its connection is closed: a client that
+    /// trickles them (slowloris) cannot hold a connection for ever.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = defaults::duration(Config::default().header_read_timeout), value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Connections open at once on the public port; one more is closed at once. With the body limit it bounds
+    /// the memory that requests still arriving can hold (4,096 × 64 KiB = 256 MiB at worst).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = Config::default().max_connections)]
+    pub max_connections: usize,
     /// The `Retry-After` sent with every 503: long enough to let a burst pass, short enough for a client to retry
     /// promptly.
     #[arg(long, env = "RETRY_AFTER", default_value = defaults::duration(Config::default().retry_after), value_parser = humantime::parse_duration)]
@@ -80,6 +88,8 @@ impl Default for Config {
             max_batches_in_flight: 16,
             max_async_in_flight: 1024,
             max_sync_in_flight: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
             retry_after: Duration::from_secs(1),
             shutdown_deadline: Duration::from_secs(20),
             idempotency_retention: ledger::idempotency::DEFAULT_KEY_RETENTION,

@@ -45,7 +45,7 @@
 //! metrics recorder with [`METRIC_BUCKETS`], builds the SNS publisher and the DynamoDB ledger, and turns
 //! SIGTERM/SIGINT into the shutdown future ([`service_shell`]).
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -62,6 +62,7 @@ mod idempotency;
 mod records;
 mod request_metrics;
 mod routes;
+mod server;
 mod state;
 
 pub use config::{Config, MAX_BODY_BYTES};
@@ -135,6 +136,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stopping = CancellationToken::new();
+    let state_for_server = state.clone();
     let signal = {
         let stopping = stopping.clone();
         async move {
@@ -142,7 +144,14 @@ pub async fn run(
             stopping.cancel();
         }
     };
-    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(signal).into_future();
+    let limits = server::ConnectionLimits {
+        header_read_timeout: state.config().header_read_timeout,
+        max_connections: state.config().max_connections,
+    };
+    let server = async move {
+        server::serve(listener, app(state_for_server), limits, signal).await;
+        Ok::<(), std::io::Error>(())
+    };
     tokio::pin!(server);
     let deadline = tokio::select! {
         result = &mut server => {

@@ -29,8 +29,8 @@ use crate::records::{self, Operation, Unaccepted, Unpublished};
 use crate::request_metrics::Route;
 use crate::state::{AppState, Endpoint};
 
-/// How long a client may take to send its body once its request is admitted (10 s). A client trickling bytes
-/// would otherwise hold one of the endpoint's limited slots for as long as it likes.
+/// How long a client may take to send its body (10 s): a client trickling bytes would otherwise hold its
+/// connection, one of the capped many, for as long as it likes.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The 202 answer of `POST /orders/async`.
@@ -73,20 +73,21 @@ pub(crate) async fn accept_async(State(state): State<AppState>, request: Request
     }
 }
 
-/// What both order endpoints do first: check the `Idempotency-Key` (400 if malformed), take an admission
-/// permit (503 at the limit), read and validate the order (counted as invalid if it is not).
+/// What both order endpoints do first: check the `Idempotency-Key` (400 if malformed), read and validate the
+/// order (counted as invalid if it is not), then take an admission permit (503 at the limit). The body is read
+/// before the permit is taken, so a client trickling it holds its connection, not one of the permits.
 async fn admit(
     state: &AppState,
     endpoint: Endpoint,
     request: Request,
 ) -> Result<(Option<IdempotencyKey>, OwnedSemaphorePermit, OrderRequest), ApiError> {
     let key = IdempotencyKey::from_headers(request.headers())?;
-    let admitted = state.admit(endpoint)?;
     let invalid = match endpoint {
         Endpoint::Async => &state.counters().async_invalid,
         Endpoint::Sync => &state.counters().sync_invalid,
     };
     let order = read_order(request).await.inspect_err(|_| count(invalid))?;
+    let admitted = state.admit(endpoint)?;
     Ok((key, admitted, order))
 }
 

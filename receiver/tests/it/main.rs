@@ -9,4 +9,5 @@ mod idempotency;
 mod metrics;
 mod order_ledger;
 mod request_ids;
+mod slow_clients;
 mod sync_orders;
