@@ -190,9 +190,9 @@ variable "payment_latency_seconds" {
 }
 
 variable "receiver_sync_timeout_seconds" {
-  description = "How long POST /orders/sync waits for a payment before answering 504 (the receiver's SYNC_TIMEOUT). The target group's deregistration delay is derived from it: sync timeout + payment_latency_seconds + a margin, so a draining task finishes its longest request."
+  description = "The longest POST /orders/sync takes to answer (the receiver's SYNC_TIMEOUT): a payment that cannot finish within it gets a 504 instead. 9 s is 1 s under the usual 10 s client timeout and far under the ALB's 60 s idle timeout, so clients see the 504, never a dropped connection. The target group's deregistration delay is derived from it: sync timeout + payment_latency_seconds + a margin, so a draining task finishes its longest request."
   type        = number
-  default     = 10
+  default     = 9
 
   validation {
     condition     = var.receiver_sync_timeout_seconds >= 1 && floor(var.receiver_sync_timeout_seconds) == var.receiver_sync_timeout_seconds

@@ -281,7 +281,9 @@ pub(crate) async fn pay_sync(State(state): State<AppState>, request: Request) ->
 /// Waits for the gate (up to the sync timeout) and pays: 200's body, or 402, 504 or 503.
 pub(crate) async fn charge_sync(state: &AppState, order: Order) -> Result<Completed, ApiError> {
     let counters = state.counters();
-    let deadline = Instant::now() + state.config().sync_timeout;
+    // The answer is due within the sync timeout, so a payment must start early enough to finish by then.
+    let config = state.config();
+    let deadline = Instant::now() + config.sync_timeout.saturating_sub(config.payment.latency);
     let mut unanswered = CountedIfDropped::new(&counters.sync_abandoned);
     let payment = state.gate().pay_before(&order, deadline).await;
     unanswered.disarm();

@@ -59,7 +59,8 @@ async fn gateway_outage_answers_503_with_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn waiting_past_the_deadline_answers_504() {
-    let server = start(config(1, Duration::from_secs(3), 0.0, Duration::from_secs(1))).await;
+    // Answered within 4 s: a 3 s payment must start within 1 s.
+    let server = start(config(1, Duration::from_secs(3), 0.0, Duration::from_secs(4))).await;
     let client = client();
     let first = tokio::spawn({
         let (server, client) = (server.clone(), client.clone());
@@ -144,4 +145,38 @@ async fn a_client_that_disconnects_gives_up_its_place_and_leaks_no_slot() {
     assert_eq!((gate.busy(), gate.waiting()), (0, 0));
     let stats = server.state.stats().sync_orders;
     assert_eq!((stats.completed, stats.abandoned), (2, 1), "every request counted once: {stats:?}");
+}
+
+/// Every sync answer, 200 or 504, arrives within the sync timeout (9 s by default), under the usual 10 s
+/// client timeout: a payment that could not finish in time never starts, so no client is left hanging.
+#[tokio::test(start_paused = true)]
+async fn every_sync_answer_beats_the_client_timeout() {
+    let config = Config::default();
+    assert_eq!(config.sync_timeout, Duration::from_secs(9), "1 s under the lab's 10 s client timeout");
+    let server =
+        start(Config { payment: PaymentConfig { decline_rate: 0.0, ..config.payment.clone() }, ..config })
+            .await;
+    let client = client();
+    let started = Instant::now();
+    let requests: Vec<_> = (1..=5)
+        .map(|customer| {
+            let (server, client) = (server.clone(), client.clone());
+            tokio::spawn(async move {
+                let answer = server.post_order(&client, "/orders/sync", &order(customer)).await;
+                (answer.status, started.elapsed())
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for request in requests {
+        let (status, took) = request.await.unwrap();
+        assert!(took <= Duration::from_secs(9), "answered {status} after {took:?}");
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 200, 504, 504, 504],
+        "one slot: payments at 0 s and 4 s; none may start after 5 s"
+    );
 }
