@@ -27,6 +27,9 @@ pub struct ProvisionSpec {
     pub queue_name: String,
     /// SQS queue that receives messages received too often (redrive) and poison messages.
     pub dead_letter_queue_name: String,
+    /// SQS queue where SNS puts a message it could not deliver to the orders queue after its retries (the
+    /// subscription's redrive policy): an order answered 202 is never dropped by the SNS → SQS hop.
+    pub undelivered_queue_name: String,
     /// How long a received message stays invisible (SQS default 30 s); tests shorten it to see redelivery.
     pub visibility_timeout: Duration,
     /// How long an unprocessed order is kept (4 days, enough to survive a long weekend of worker outage).
@@ -50,6 +53,7 @@ impl ProvisionSpec {
             topic_name: format!("{prefix}-orders"),
             queue_name: format!("{prefix}-orders"),
             dead_letter_queue_name: format!("{prefix}-orders-dlq"),
+            undelivered_queue_name: format!("{prefix}-orders-undelivered"),
             visibility_timeout: settings.visibility_timeout,
             retention: settings.retention,
             receive_wait: MAX_WAIT,
@@ -109,6 +113,8 @@ pub struct Provisioned {
     pub dead_letter_arn: String,
     /// The topic-to-queue subscription.
     pub subscription_arn: String,
+    /// The subscription's dead-letter queue (messages SNS could not deliver).
+    pub undelivered_url: String,
 }
 
 impl Provisioned {
@@ -126,7 +132,8 @@ impl Provisioned {
     }
 }
 
-/// Creates (or finds) the topic, the dead-letter queue, the queue, their policies and the subscription.
+/// Creates (or finds) the topic, the dead-letter queue, the queue, their policies, the subscription and its own
+/// dead-letter queue for what SNS cannot deliver.
 ///
 /// Needs `sns:CreateTopic`, `sns:ListSubscriptionsByTopic`, `sns:Subscribe`, `sns:SetSubscriptionAttributes`,
 /// `sqs:CreateQueue`, `sqs:GetQueueUrl`, `sqs:GetQueueAttributes`, `sqs:SetQueueAttributes`.
@@ -154,6 +161,32 @@ pub async fn provision(config: &SdkConfig, spec: &ProvisionSpec) -> Result<Provi
     )
     .await?;
     let dead_letter_arn = queue_arn(&sqs, &dead_letter_url).await?;
+
+    // What SNS cannot deliver after its retries (a queue policy edited by hand, a key it may not use) goes here
+    // instead of being discarded; only the orders topic may send to it.
+    let undelivered_url = ensure_queue(
+        &sqs,
+        &spec.undelivered_queue_name,
+        HashMap::from([
+            (QueueAttributeName::MessageRetentionPeriod, seconds(spec.dead_letter_retention)),
+            (QueueAttributeName::SqsManagedSseEnabled, "true".into()),
+        ]),
+    )
+    .await?;
+    let undelivered_arn = queue_arn(&sqs, &undelivered_url).await?;
+    let undelivered_policy = json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "OrdersTopicDeadLettersUndelivered",
+            "Effect": "Allow",
+            "Principal": { "Service": "sns.amazonaws.com" },
+            "Action": "sqs:SendMessage",
+            "Resource": undelivered_arn,
+            "Condition": { "ArnEquals": { "aws:SourceArn": topic_arn } },
+        }],
+    });
+    set_queue_attribute(&sqs, &undelivered_url, QueueAttributeName::Policy, undelivered_policy.to_string())
+        .await?;
 
     let redrive_policy =
         json!({ "deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": spec.max_receive_count });
@@ -195,7 +228,24 @@ pub async fn provision(config: &SdkConfig, spec: &ProvisionSpec) -> Result<Provi
     .await?;
 
     let subscription_arn = ensure_raw_subscription(&sns, &topic_arn, &queue_arn).await?;
-    Ok(Provisioned { topic_arn, queue_url, queue_arn, dead_letter_url, dead_letter_arn, subscription_arn })
+    sns.set_subscription_attributes()
+        .subscription_arn(&subscription_arn)
+        .attribute_name("RedrivePolicy")
+        .attribute_value(json!({ "deadLetterTargetArn": undelivered_arn }).to_string())
+        .send()
+        .await
+        .map_err(|error| {
+            from_sdk_error(error, Call::new("sns:SetSubscriptionAttributes", &subscription_arn))
+        })?;
+    Ok(Provisioned {
+        topic_arn,
+        queue_url,
+        queue_arn,
+        dead_letter_url,
+        dead_letter_arn,
+        subscription_arn,
+        undelivered_url,
+    })
 }
 
 /// Deletes what [`provision`] creates, skipping whatever is already gone; returns the ARNs and URLs deleted.
@@ -227,7 +277,8 @@ pub async fn teardown(config: &SdkConfig, spec: &ProvisionSpec) -> Result<Vec<St
         deleted.push(topic_arn);
     }
     let dead_letter_url = existing_queue_url(&sqs, &spec.dead_letter_queue_name).await?;
-    for url in [queue_url, dead_letter_url].into_iter().flatten() {
+    let undelivered_url = existing_queue_url(&sqs, &spec.undelivered_queue_name).await?;
+    for url in [queue_url, dead_letter_url, undelivered_url].into_iter().flatten() {
         match sqs.delete_queue().queue_url(&url).send().await {
             Ok(_) => deleted.push(url),
             Err(error) if error.as_service_error().is_some_and(|e| e.is_queue_does_not_exist()) => {}
@@ -430,6 +481,7 @@ mod tests {
             dead_letter_url: "http://dlq".into(),
             dead_letter_arn: "arn:dlq".into(),
             subscription_arn: "arn:s".into(),
+            undelivered_url: "http://undelivered".into(),
         };
         assert_eq!(
             provisioned.env_lines(),

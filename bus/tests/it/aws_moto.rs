@@ -324,6 +324,13 @@ async fn provisioning_is_idempotent_converges_and_tears_down() {
     let raw =
         sns.get_subscription_attributes().subscription_arn(&first.subscription_arn).send().await.unwrap();
     assert_eq!(raw.attributes().unwrap().get("RawMessageDelivery").map(String::as_str), Some("true"));
+    // What SNS cannot deliver goes to the subscription's own dead-letter queue, which only the topic may fill.
+    let redrive = raw.attributes().unwrap().get("RedrivePolicy").expect("the subscription has a redrive policy");
+    let undelivered = queue_attributes(&config, &first.undelivered_url).await;
+    let redrive: serde_json::Value = serde_json::from_str(redrive).unwrap();
+    assert_eq!(redrive["deadLetterTargetArn"], undelivered("QueueArn").as_str());
+    let policy: serde_json::Value = serde_json::from_str(&undelivered("Policy")).unwrap();
+    assert_eq!(policy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"], first.topic_arn.as_str());
 
     let attributes = queue_attributes(&config, &first.queue_url).await;
     assert_eq!(attributes("VisibilityTimeout"), "30");
@@ -350,6 +357,7 @@ async fn provisioning_is_idempotent_converges_and_tears_down() {
         first.topic_arn.clone(),
         first.queue_url.clone(),
         first.dead_letter_url.clone(),
+        first.undelivered_url.clone(),
     ];
     expected.sort();
     assert_eq!(deleted, expected);
