@@ -325,7 +325,8 @@ async fn provisioning_is_idempotent_converges_and_tears_down() {
         sns.get_subscription_attributes().subscription_arn(&first.subscription_arn).send().await.unwrap();
     assert_eq!(raw.attributes().unwrap().get("RawMessageDelivery").map(String::as_str), Some("true"));
     // What SNS cannot deliver goes to the subscription's own dead-letter queue, which only the topic may fill.
-    let redrive = raw.attributes().unwrap().get("RedrivePolicy").expect("the subscription has a redrive policy");
+    let redrive =
+        raw.attributes().unwrap().get("RedrivePolicy").expect("the subscription has a redrive policy");
     let undelivered = queue_attributes(&config, &first.undelivered_url).await;
     let redrive: serde_json::Value = serde_json::from_str(redrive).unwrap();
     assert_eq!(redrive["deadLetterTargetArn"], undelivered("QueueArn").as_str());
