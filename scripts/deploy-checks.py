@@ -51,7 +51,7 @@ LEDGER_RETENTION_DAYS = 15  # variables.tf default of ledger_retention_days
 WORKER_LIB = pathlib.Path(__file__).resolve().parent.parent / "worker" / "src" / "lib.rs"
 FARGATE_MAX_STOP_TIMEOUT = 120
 # variables.tf defaults: the receiver's SYNC_TIMEOUT, the worker's SHUTDOWN_DEADLINE, the SLO.
-SYNC_TIMEOUT_SECONDS = 10
+SYNC_TIMEOUT_SECONDS = 9
 SHUTDOWN_DEADLINE_SECONDS = 25
 SLO_TARGET_PERCENT, SLO_WINDOW_DAYS = 99.9, 30
 # The burn-rate pairs: (long window, short window) in seconds, and the factor at the defaults.
