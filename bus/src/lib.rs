@@ -20,8 +20,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 pub mod aws;
+pub mod dead_letters;
 pub mod embedded;
 mod message_rules;
+
+pub use dead_letters::{DeadLetter, DeadLetters, RedriveEvent, RedriveMethod, RedriveOptions, RedriveReport};
 
 pub use message_rules::{check_message, is_sqs_character};
 
@@ -65,6 +68,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(20);
 
 /// SQS caps a visibility timeout at 12 hours.
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// SQS caps a message's delivery delay (`DelaySeconds`) at 15 minutes; [`Consumer::requeue`] clamps to it.
+pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 
 /// Message attribute naming the wire schema version of the body, so consumers can route or reject by version
 /// without parsing the body.
@@ -290,6 +296,22 @@ pub trait Consumer: Send + Sync + 'static {
 
     /// The queue's current depth.
     async fn stats(&self) -> Result<QueueStats, BusError>;
+
+    /// Sends a fresh copy of `message` to this consumer's own queue (SQS `SendMessage` with `DelaySeconds`),
+    /// invisible for `delay`, so its receive count starts again at 0. A consumer hands back a message whose
+    /// receives are nearly used up for a reason that is not the message's fault (a payment outage) without
+    /// dead-lettering it; the caller still deletes the original delivery.
+    ///
+    /// `delay` is clamped to [`MAX_DELAY`] (15 minutes, SQS's limit). The copy gets a new message id and
+    /// enqueue time. The default refuses, for consumers that cannot send to their own queue (wrappers and
+    /// test doubles); both adapters implement it.
+    async fn requeue(&self, message: OutgoingMessage, delay: Duration) -> Result<MessageId, BusError> {
+        let _ = (message, delay);
+        Err(BusError::Fatal {
+            code: "RequeueUnsupported".into(),
+            message: "this consumer cannot send to its own queue".into(),
+        })
+    }
 
     /// Deletes one delivery.
     async fn delete(&self, handle: ReceiptHandle) -> Result<(), BusError> {

@@ -15,8 +15,8 @@ use super::batch::{EntryAnswers, FailedEntry, match_entries};
 use super::error::{Call, from_sdk_error};
 use crate::check_message;
 use crate::{
-    BusError, Consumer, EntryResult, MAX_BATCH_ENTRIES, MAX_VISIBILITY, MAX_WAIT, MessageId, OutgoingMessage,
-    QueueStats, ReceiptHandle, ReceivedMessage, VisibilityChange, check_batch_size,
+    BusError, Consumer, EntryResult, MAX_BATCH_ENTRIES, MAX_DELAY, MAX_VISIBILITY, MAX_WAIT, MessageId,
+    OutgoingMessage, QueueStats, ReceiptHandle, ReceivedMessage, VisibilityChange, check_batch_size,
 };
 
 /// Longest an SQS call may take before the connection is treated as hung. A long poll answers within
@@ -67,6 +67,11 @@ impl AwsConsumer {
     /// The queue consumed.
     pub fn queue_url(&self) -> &str {
         &self.queue_url
+    }
+
+    /// The SDK client, shared with the dead-letter tools.
+    pub(crate) fn client(&self) -> &aws_sdk_sqs::Client {
+        &self.client
     }
 
     /// The dead-letter queue, if one was named.
@@ -248,6 +253,27 @@ impl Consumer for AwsConsumer {
         })
     }
 
+    /// SendMessage to the consumed queue with `DelaySeconds`: `delay` clamped to [`MAX_DELAY`] (900 s) and
+    /// rounded up to whole seconds, as SQS counts them. Needs `sqs:SendMessage` on the queue.
+    async fn requeue(&self, message: OutgoingMessage, delay: Duration) -> Result<MessageId, BusError> {
+        check_message(&message)?;
+        let delay = delay.min(MAX_DELAY);
+        let delay_seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+        let output = self
+            .client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(message.body)
+            .set_message_attributes(sqs_attributes(&message.attributes)?)
+            .delay_seconds(delay_seconds as i32)
+            .send()
+            .await
+            .map_err(|error| from_sdk_error(error, Call::new("sqs:SendMessage", &self.queue_url)))?;
+        output.message_id().map(str::to_owned).ok_or_else(|| {
+            BusError::IncompleteResponse("SQS acknowledged a send without a message id".into())
+        })
+    }
+
     /// Two GetQueueAttributes calls (queue and dead-letter queue), made concurrently. The dead-letter depth
     /// counts its in-flight messages too: someone inspecting the DLQ does not make it empty.
     async fn stats(&self) -> Result<QueueStats, BusError> {
@@ -263,7 +289,7 @@ impl Consumer for AwsConsumer {
     }
 }
 
-fn failed_entry(entry: &aws_sdk_sqs::types::BatchResultErrorEntry) -> FailedEntry<'_> {
+pub(crate) fn failed_entry(entry: &aws_sdk_sqs::types::BatchResultErrorEntry) -> FailedEntry<'_> {
     FailedEntry {
         id: entry.id(),
         code: entry.code(),
@@ -303,7 +329,7 @@ fn received(message: &Message) -> Option<ReceivedMessage> {
 }
 
 /// String attributes in SQS's form.
-fn sqs_attributes(
+pub(crate) fn sqs_attributes(
     attributes: &BTreeMap<String, String>,
 ) -> Result<Option<HashMap<String, MessageAttributeValue>>, BusError> {
     if attributes.is_empty() {

@@ -3,6 +3,8 @@
 //! - [`AwsPublisher`] publishes to an SNS topic (PublishBatch for batches, Publish when alone).
 //! - [`AwsConsumer`] consumes an SQS queue (long-polling ReceiveMessage, batch delete and visibility changes,
 //!   SendMessage to the dead-letter queue, GetQueueAttributes for depth).
+//! - [`AwsDeadLetters`] peeks at the dead-letter queue and redrives it (SQS's move task, or receive → send →
+//!   delete where that is unavailable).
 //! - [`provision`] creates the same topic, queues, policies and subscription as `terraform/`, against any
 //!   SNS/SQS endpoint (moto, LocalStack, or AWS itself).
 //!
@@ -26,6 +28,7 @@ pub use aws_config::SdkConfig;
 
 mod batch;
 mod consumer;
+mod dead_letters;
 mod error;
 pub mod provision;
 mod publisher;
@@ -33,6 +36,7 @@ mod publisher;
 mod scripted_endpoint;
 
 pub use consumer::AwsConsumer;
+pub use dead_letters::AwsDeadLetters;
 pub use publisher::AwsPublisher;
 
 /// Loads the SDK configuration the standard way: environment, shared config files, container or instance

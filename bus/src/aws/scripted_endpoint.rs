@@ -8,7 +8,7 @@ use aws_sdk_sqs::config::Credentials;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-/// Answers every request with `200 OK` and one scripted body, and records the request bodies.
+/// Answers every request with one scripted status (`200 OK` unless told) and body, and records the request bodies.
 pub(crate) struct ScriptedEndpoint {
     /// The endpoint URL to configure the SDK with.
     pub(crate) url: String,
@@ -18,6 +18,15 @@ pub(crate) struct ScriptedEndpoint {
 impl ScriptedEndpoint {
     /// Starts listening on a free loopback port; every answer has `content_type` and `body`.
     pub(crate) async fn start(content_type: &'static str, body: String) -> Self {
+        Self::start_with_status("200 OK", content_type, body).await
+    }
+
+    /// Like [`Self::start`], answering with `status` (e.g. `500 INTERNAL SERVER ERROR`) instead of `200 OK`.
+    pub(crate) async fn start_with_status(
+        status: &'static str,
+        content_type: &'static str,
+        body: String,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
         let url = format!("http://{}", listener.local_addr().expect("bound"));
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -32,7 +41,7 @@ impl ScriptedEndpoint {
                     while let Some(request) = read_request(&mut read).await {
                         recorded.lock().unwrap().push(request);
                         let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
+                            "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
                              x-amzn-requestid: scripted\r\n\r\n{body}",
                             body.len()
                         );

@@ -35,8 +35,8 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::{
-    BusError, Consumer, EntryResult, MAX_BATCH_ENTRIES, MAX_VISIBILITY, MAX_WAIT, MessageId, OutgoingMessage,
-    QueueStats, ReceiptHandle, ReceivedMessage, VisibilityChange, check_batch_size,
+    BusError, Consumer, EntryResult, MAX_BATCH_ENTRIES, MAX_DELAY, MAX_VISIBILITY, MAX_WAIT, MessageId,
+    OutgoingMessage, QueueStats, ReceiptHandle, ReceivedMessage, VisibilityChange, check_batch_size,
 };
 
 /// SQS caps `maxReceiveCount` in a redrive policy at 1,000.
@@ -196,15 +196,32 @@ impl EmbeddedQueue {
 
     /// Sends a message straight to this queue (SQS `SendMessage`), bypassing any topic.
     pub fn send(&self, message: OutgoingMessage) -> Result<MessageId, BusError> {
+        self.send_delayed(message, Duration::ZERO)
+    }
+
+    /// Sends a message straight to this queue, invisible for `delay` (SQS `SendMessage` with `DelaySeconds`;
+    /// clamped to [`MAX_DELAY`], 15 minutes, as SQS caps it). Until then no receive sees it, and
+    /// [`Consumer::stats`] counts it as in flight (SQS reports it apart, as `ApproximateNumberOfMessagesDelayed`;
+    /// the port has no such count, and a delayed message is still work to do). Unlike SQS, the delay is not
+    /// rounded to whole seconds.
+    pub fn send_delayed(&self, message: OutgoingMessage, delay: Duration) -> Result<MessageId, BusError> {
         crate::check_message(&message)?;
+        let delay = delay.min(MAX_DELAY);
         let now = Instant::now();
-        let id = {
+        let (id, wake_sleepers) = {
             let mut state = self.shared.lock();
             state.check_failure()?;
             state.expire(now);
-            state.enqueue(message.body, message.attributes, now, SystemTime::now())
+            let earliest_before = state.next_deadline();
+            let id = state.enqueue_delayed(message.body, message.attributes, now, SystemTime::now(), delay);
+            (id, deadline_moved_earlier(earliest_before, state.next_deadline(), now))
         };
-        self.shared.arrivals.notify_one();
+        if delay.is_zero() {
+            self.shared.arrivals.notify_one();
+        } else if wake_sleepers {
+            // A long poll sleeping past the new message's deadline must look again then.
+            self.shared.arrivals.notify_waiters();
+        }
         Ok(id.to_string())
     }
 
@@ -383,6 +400,11 @@ impl Consumer for EmbeddedQueue {
         self.shared.lock().check_failure()?;
         Ok(self.stats_now())
     }
+
+    /// [`EmbeddedQueue::send_delayed`] to this queue: a new message, receive count 0.
+    async fn requeue(&self, message: OutgoingMessage, delay: Duration) -> Result<MessageId, BusError> {
+        self.send_delayed(message, delay)
+    }
 }
 
 impl QueueState {
@@ -431,6 +453,39 @@ impl QueueState {
             receive_count: 0,
             lease: None,
         });
+        id
+    }
+
+    /// Enqueues a new message that stays invisible until `now + delay`: it waits in the in-flight index under
+    /// a lease no receipt handle matches (receive count 0 is never handed out), and the usual expiry makes it
+    /// visible. With no delay it is visible at once.
+    fn enqueue_delayed(
+        &mut self,
+        body: String,
+        attributes: BTreeMap<String, String>,
+        now: Instant,
+        sent_at: SystemTime,
+        delay: Duration,
+    ) -> Uuid {
+        if delay.is_zero() {
+            return self.enqueue(body, attributes, now, sent_at);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let id = message_id(self.rules.tag, seq);
+        let deadline = now + delay;
+        let slot = self.messages.insert(StoredMessage {
+            seq,
+            id,
+            body,
+            attributes,
+            enqueued_at: now,
+            sent_at,
+            receive_count: 0,
+            lease: Some(Lease { received_at: now, deadline }),
+        });
+        self.by_age.insert((now, slot));
+        self.in_flight.insert((deadline, slot));
         id
     }
 

@@ -383,3 +383,53 @@ async fn queue_attributes(config: &SdkConfig, queue_url: &str) -> impl Fn(&str) 
             .unwrap_or_else(|| panic!("queue attribute {name} missing: {attributes:?}"))
     }
 }
+
+#[tokio::test]
+#[ignore = "needs moto: run scripts/test.sh"]
+async fn a_requeued_copy_is_delayed_and_starts_counting_again() {
+    let stack = Stack::new("requeue", |_| {}).await;
+    stack.publisher.publish(order(7)).await.expect("publish");
+    let [original] = receive_exactly(&stack.consumer, 1).await.try_into().unwrap();
+    let copy = OutgoingMessage { body: original.body.clone(), attributes: original.attributes.clone() };
+    let sent = Instant::now();
+    let copy_id = stack.consumer.requeue(copy, Duration::from_secs(4)).await.expect("requeue");
+    stack.consumer.delete(original.receipt_handle).await.expect("delete the original");
+    assert_ne!(copy_id, original.message_id);
+
+    let early = stack.consumer.receive(10, Duration::from_secs(1)).await.expect("receive");
+    if sent.elapsed() < Duration::from_secs(4) {
+        assert!(early.is_empty(), "delivered before its delay: {early:?}");
+    }
+    let [again] = receive_exactly(&stack.consumer, 1).await.try_into().unwrap();
+    assert!(sent.elapsed() >= Duration::from_secs(4), "not before DelaySeconds");
+    assert_eq!((again.message_id.as_str(), again.receive_count), (copy_id.as_str(), 1));
+    assert_eq!((again.body, again.attributes), (original.body, original.attributes));
+    stack.consumer.delete(again.receipt_handle).await.expect("delete");
+    assert_empty(&stack.consumer).await;
+}
+
+#[tokio::test]
+#[ignore = "needs moto: run scripts/test.sh"]
+async fn list_peeks_at_dead_letters_and_hands_them_back() {
+    use bus::DeadLetters as _;
+    let stack = Stack::new("dlq-list", |_| {}).await;
+    for n in 0..3 {
+        let poison = order(n).with_attribute(ATTR_DEAD_LETTER_REASON, format!("poison {n}"));
+        stack.consumer.send_to_dead_letter(poison).await.expect("dead-letter");
+    }
+    let tools = bus::aws::AwsDeadLetters::new(
+        &stack.config,
+        &stack.provisioned.queue_url,
+        &stack.provisioned.dead_letter_url,
+    );
+    let listed = tools.list(10).await.expect("list");
+    let mut reasons: Vec<_> = listed.iter().filter_map(|letter| letter.reason.clone()).collect();
+    reasons.sort();
+    assert_eq!(reasons, ["poison 0", "poison 1", "poison 2"]);
+    assert!(listed.iter().all(|letter| letter.receive_count == 1 && letter.age_seconds < 60), "{listed:?}");
+    let again = tools.list(2).await.expect("list again");
+    assert_eq!(again.len(), 2, "visible again at once, and bounded by max");
+    assert!(again.iter().all(|letter| letter.receive_count == 2), "{again:?}");
+    let dead_letter = stack.dead_letter_consumer().stats().await.expect("stats");
+    assert_eq!((dead_letter.visible, dead_letter.in_flight), (3, 0), "{dead_letter:?}");
+}

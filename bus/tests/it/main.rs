@@ -2,6 +2,7 @@
 //! SQS/SNS semantics and the aws adapter against moto server.
 
 mod aws_moto;
+mod embedded_dead_letters;
 mod embedded_long_poll;
 mod embedded_model;
 mod embedded_queue;
