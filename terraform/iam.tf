@@ -134,7 +134,8 @@ locals {
     # Creates the order's item before publishing, reads it back, marks it failed when the publish fails.
     receiver = ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem"]
     # Claims the order, records the charge and settles it, all as conditional updates of that item;
-    # PutItem replaces an item whose TTL passed but DynamoDB has not yet deleted.
+    # PutItem replaces an item whose TTL passed but DynamoDB has not yet deleted. UpdateItem also
+    # writes the worker's entry in the worker registry (one item, read by key: no Query needed).
     worker = ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem"]
   }
   ledger_roles = { receiver = aws_iam_role.receiver.id, worker = aws_iam_role.worker.id }

@@ -3,6 +3,9 @@
 # it with conditional updates. Items carry their own expiry (expires_at, epoch seconds) which
 # DynamoDB's TTL deletes, typically within a few days after it passes: the services must check
 # expires_at themselves rather than trust that an expired item is gone.
+#
+# The worker registry is one more item of this table (order_id = "worker-registry", one map attribute per
+# worker, rewritten by each worker's heartbeat, read by key for order ETAs): no index and no Query.
 
 resource "aws_dynamodb_table" "orders" {
   name = "${var.name}-orders"

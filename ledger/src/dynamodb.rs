@@ -19,6 +19,9 @@
 //! absent or expired still). That happens only for an order last written more than the retention ago (7 days
 //! by default).
 //!
+//! The worker registry lives in the same table, in one item of its own (see `registry.rs`): a heartbeat is
+//! one UpdateItem of that item, reading the fleet one GetItem.
+//!
 //! Timestamps in conditions and expiry have DynamoDB's number granularity: leases in milliseconds, expiry in
 //! whole seconds (an item is expired once `expires_at <= now` in epoch seconds).
 
@@ -43,7 +46,11 @@ use orders::{Money, OrderStatus, PaymentOutcome};
 use uuid::Uuid;
 
 mod keys;
+mod registry;
 
+pub use registry::REGISTRY_KEY;
+
+use crate::registry::WorkerRegistry;
 use crate::{
     ChargeRecord, Claim, ClaimRequest, Ledger, LedgerError, NewOrder, OrderRecord, PaymentRecord, Settle,
     Settlement, expiry, outcome_name, parse_outcome, parse_status, status_name,
@@ -260,6 +267,7 @@ impl Ledger for DynamoLedger {
         let mut values = Item::from([
             (":processing".into(), s(status_name(OrderStatus::Processing))),
             (":pending".into(), s(status_name(OrderStatus::Pending))),
+            (":failed".into(), s(status_name(OrderStatus::Failed))),
             (":worker".into(), s(&request.worker)),
             (":lease_ms".into(), epoch_ms(expiry(now, request.lease))),
             (":now_ms".into(), epoch_ms(now)),
@@ -282,8 +290,10 @@ impl Ledger for DynamoLedger {
                      #item_count = if_not_exists(#item_count, :item_count), \
                      #accepted_at = if_not_exists(#accepted_at, :accepted_at)"
                 .into(),
-            // No record; or a live one that is pending, or processing with no lease or a lapsed one.
+            // No record; or a live one that is pending, failed (redriven), or processing with no lease or a
+            // lapsed one.
             condition: "attribute_not_exists(#order_id) OR (#expires_at > :now_s AND (#status = :pending OR \
+                        #status = :failed OR \
                         (#status = :processing AND (attribute_not_exists(#lease_expires_at) OR \
                         #lease_expires_at <= :now_ms))))"
                 .into(),
@@ -443,6 +453,10 @@ impl Ledger for DynamoLedger {
             values,
         };
         Ok(self.update(key(order_id), write, false).await?.is_ok())
+    }
+
+    fn registry(&self) -> Option<&dyn WorkerRegistry> {
+        Some(self)
     }
 }
 

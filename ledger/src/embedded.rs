@@ -6,6 +6,9 @@
 //! (as a careful reader of DynamoDB treats an item its TTL has not yet removed) and are dropped on the next
 //! write to their shard's sweep.
 //!
+//! The worker registry is one small map beside the shards; an entry past its expiry is ignored by `fleet` and
+//! dropped by the next heartbeat.
+//!
 //! [`EmbeddedLedger::fail_with`] makes every call fail, for tests of what callers do when the ledger is down.
 
 use std::collections::HashMap;
@@ -19,6 +22,7 @@ use orders::{OrderStatus, PaymentOutcome};
 use uuid::Uuid;
 
 use crate::idempotency::{IdempotencyKeys, KeyBegin, KeyRequest, StoredResponse};
+use crate::registry::{WorkerEntry, WorkerRegistry};
 use crate::{
     ChargeRecord, Claim, ClaimRequest, DEFAULT_RETENTION, Ledger, LedgerError, NewOrder, OrderRecord,
     PaymentRecord, Settle, Settlement, expiry,
@@ -37,6 +41,8 @@ pub struct EmbeddedLedger {
     failing: AtomicBool,
     failure: Mutex<Option<LedgerError>>,
     keys: Mutex<Keys>,
+    /// The worker registry by worker id: a handful of entries, swept of expired ones on each heartbeat.
+    workers: Mutex<HashMap<String, WorkerEntry>>,
 }
 
 /// Idempotency key records, swept of expired ones like a shard.
@@ -105,6 +111,7 @@ impl EmbeddedLedger {
             failing: AtomicBool::new(false),
             failure: Mutex::new(None),
             keys: Mutex::new(Keys { sweep_at: FIRST_SWEEP, ..Keys::default() }),
+            workers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -210,7 +217,7 @@ impl Ledger for EmbeddedLedger {
         let retention = self.retention;
         self.with_record(request.order.order_id, |slot, now| {
             let record = slot.get_or_insert_with(|| OrderRecord::pending(&request.order, now, retention));
-            if record.is_settled() {
+            if record.is_settled() && !record.is_claimable(now) {
                 return Claim::Settled(record.clone());
             }
             if !record.is_claimable(now) {
@@ -295,6 +302,27 @@ impl Ledger for EmbeddedLedger {
             }
             _ => false,
         })
+    }
+
+    fn registry(&self) -> Option<&dyn WorkerRegistry> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl WorkerRegistry for EmbeddedLedger {
+    async fn heartbeat(&self, entry: &WorkerEntry) -> Result<(), LedgerError> {
+        self.check_failure()?;
+        let now = self.now();
+        let mut workers = lock(&self.workers);
+        workers.retain(|_, entry| entry.is_live(now));
+        workers.insert(entry.worker_id.clone(), entry.clone());
+        Ok(())
+    }
+
+    async fn fleet(&self, now: DateTime<Utc>) -> Result<Vec<WorkerEntry>, LedgerError> {
+        self.check_failure()?;
+        Ok(lock(&self.workers).values().filter(|entry| entry.is_live(now)).cloned().collect())
     }
 }
 

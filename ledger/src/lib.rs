@@ -26,6 +26,9 @@
 //!   outcome recorded for an order is the only one; charging again returns it and charges nothing. `charges`
 //!   is incremented (never set) by each approved charge, so a double charge would show as 2.
 //!
+//! The same store holds the [worker registry](registry) (one entry per worker process, rewritten by its
+//! heartbeat), reached through [`Ledger::registry`], and [`eta`] estimates an order's completion from it.
+//!
 //! The ledger knows orders (the domain) but nothing of the bus.
 
 use std::time::Duration;
@@ -38,8 +41,10 @@ use uuid::Uuid;
 
 pub mod dynamodb;
 pub mod embedded;
+pub mod eta;
 mod gateway;
 pub mod idempotency;
+pub mod registry;
 
 pub use gateway::{ChargeError, Charged, IdempotentGateway};
 
@@ -157,7 +162,8 @@ impl OrderRecord {
     /// Whether a worker may claim the order at `now`.
     pub fn is_claimable(&self, now: DateTime<Utc>) -> bool {
         match self.status {
-            OrderStatus::Pending => true,
+            // A failed order is claimed again only when its message is redriven from the dead-letter queue.
+            OrderStatus::Pending | OrderStatus::Failed => true,
             OrderStatus::Processing => self.lease_expires_at.is_none_or(|lease| lease <= now),
             _ => false,
         }
@@ -297,8 +303,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// The order's record, or `None` for an unknown or expired id. One key lookup.
     async fn get(&self, order_id: Uuid) -> Result<Option<OrderRecord>, LedgerError>;
 
-    /// Claims the order for `request.worker`: a pending order, an order with no record, or a processing one
-    /// whose lease has lapsed becomes processing under a new fencing token.
+    /// Claims the order for `request.worker`: a pending order, an order with no record, a processing one
+    /// whose lease has lapsed, or a failed one (its message was dead-lettered and has been redriven) becomes
+    /// processing under a new fencing token. Completed and declined orders stay settled.
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, LedgerError>;
 
     /// The payment gateway's record of a charge: writes `payment` as the order's payment unless it has one
@@ -326,6 +333,13 @@ pub trait Ledger: Send + Sync + 'static {
     /// Marks a pending order failed with `reason` (its publish failed, so no worker will ever see it).
     /// `Ok(false)` if it is no longer pending (a worker got it after all) or has no record.
     async fn abandon(&self, order_id: Uuid, reason: &str) -> Result<bool, LedgerError>;
+
+    /// The worker registry kept in the same store, so whoever holds a ledger (a worker's heartbeat, the
+    /// receiver's ETA) reaches it without a second handle. Both adapters have one; a ledger without (a test
+    /// double) answers `None`, and its holders go without registry.
+    fn registry(&self) -> Option<&dyn registry::WorkerRegistry> {
+        None
+    }
 }
 
 /// Everything the receiver keeps in the ledger's store: order records and idempotency keys. Both adapters are

@@ -11,11 +11,23 @@
 use std::time::Duration;
 
 use bus::BusError;
-use ledger::LedgerError;
+use chrono::{DateTime, Utc};
+use ledger::{LedgerError, OrderRecord};
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::batcher::PublishError;
 use crate::state::AppState;
+
+/// The answer of `GET /orders/{id}`: the order's record and, while it is pending or processing, `eta`, when
+/// it will probably be settled (RFC 3339). `eta` is null once the order is settled, and while the worker
+/// registry gives no estimate (no live worker, or none that settled an order in the last minute).
+#[derive(Debug, Serialize)]
+pub(crate) struct OrderAnswer {
+    #[serde(flatten)]
+    pub(crate) record: OrderRecord,
+    pub(crate) eta: Option<DateTime<Utc>>,
+}
 
 /// Tries at marking one unaccepted order failed (5): enough to ride out a throttling spell or a few lost
 /// answers, few enough that a ledger outage does not pile up retrying tasks for long.
@@ -33,6 +45,8 @@ pub(crate) enum Operation {
     Get,
     Abandon,
     Key,
+    /// A read of the worker registry, for order ETAs.
+    Fleet,
 }
 
 impl Operation {
@@ -42,6 +56,7 @@ impl Operation {
             Operation::Get => "get",
             Operation::Abandon => "abandon",
             Operation::Key => "idempotency_key",
+            Operation::Fleet => "fleet",
         }
     }
 }

@@ -229,7 +229,8 @@ pub(crate) fn ledger_unavailable(state: &AppState, message: &'static str) -> Api
     ApiError::unavailable("ledger_unavailable", message, state.config().retry_after)
 }
 
-/// `GET /orders/{id}`: the order's ledger record, by one key lookup. Outside the order endpoints' admission
+/// `GET /orders/{id}`: the order's ledger record, by one key lookup, with its `eta` while it is pending or
+/// processing (from the worker registry, read at most once a second). Outside the order endpoints' admission
 /// limits, since a lookup is cheap and bounded by [`crate::Config::ledger_timeout`].
 pub(crate) async fn get_order(State(state): State<AppState>, request: Request) -> Response {
     // The route is `/orders/{id}`: the id is the rest of the path, taken as sent (a UUID needs no escapes).
@@ -243,7 +244,10 @@ pub(crate) async fn get_order(State(state): State<AppState>, request: Request) -
         .into_response();
     };
     match records::call(Operation::Get, state.config().ledger_timeout, state.ledger().get(order_id)).await {
-        Ok(Some(record)) => (StatusCode::OK, Json(record)).into_response(),
+        Ok(Some(record)) => {
+            let eta = state.eta(&record).await;
+            (StatusCode::OK, Json(records::OrderAnswer { record, eta })).into_response()
+        }
         Ok(None) => ApiError::new(
             StatusCode::NOT_FOUND,
             "order_not_found",

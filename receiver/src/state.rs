@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bus::Publisher;
+use chrono::{DateTime, Utc};
 use ledger::idempotency::IdempotencyKeys;
-use ledger::{Ledger, Store};
+use ledger::registry::{WorkerEntry, WorkerRegistry};
+use ledger::{Ledger, OrderRecord, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use orders::PaymentGate;
 use serde::{Deserialize, Serialize};
@@ -17,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::Config;
 use crate::batcher::{BatcherSettings, PublishBatcher};
 use crate::error::ApiError;
+use crate::records::{self, Operation};
 use crate::request_metrics::RequestMetrics;
 
 /// The receiver's shared state. Cheap to clone (an `Arc` inside).
@@ -38,6 +42,7 @@ struct Shared {
     async_admission: Admission,
     sync_admission: Admission,
     counters: Counters,
+    fleet: FleetCache,
 }
 
 impl std::fmt::Debug for Shared {
@@ -49,6 +54,55 @@ impl std::fmt::Debug for Shared {
             .field("async_admission", &self.async_admission)
             .field("sync_admission", &self.sync_admission)
             .finish_non_exhaustive()
+    }
+}
+
+/// How long a read of the worker registry serves order ETAs (1 s): under any lookup load the registry is
+/// read about once a second per receiver, and an estimate is at most that much older than the registry.
+pub(crate) const FLEET_REFRESH: Duration = Duration::from_secs(1);
+
+/// The last read of the worker registry, shared by every lookup until it is [`FLEET_REFRESH`] old. One
+/// lookup refreshes it; the others meanwhile answer from the previous read (or wait for the first).
+#[derive(Default)]
+struct FleetCache {
+    last: std::sync::Mutex<Option<(Instant, Arc<[WorkerEntry]>)>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl FleetCache {
+    /// The cached fleet while it is fresh (`stale_ok`: whatever is cached).
+    fn cached(&self, stale_ok: bool) -> Option<Arc<[WorkerEntry]>> {
+        let last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (read_at, fleet) = last.as_ref()?;
+        (stale_ok || read_at.elapsed() < FLEET_REFRESH).then(|| Arc::clone(fleet))
+    }
+
+    async fn fleet(&self, registry: &dyn WorkerRegistry, timeout: Duration) -> Arc<[WorkerEntry]> {
+        if let Some(fresh) = self.cached(false) {
+            return fresh;
+        }
+        let _refreshing = match self.refreshing.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => match self.cached(true) {
+                Some(stale) => return stale,
+                None => self.refreshing.lock().await,
+            },
+        };
+        if let Some(fresh) = self.cached(false) {
+            return fresh;
+        }
+        let fleet: Arc<[WorkerEntry]> =
+            match records::call(Operation::Fleet, timeout, registry.fleet(Utc::now())).await {
+                Ok(fleet) => fleet.into(),
+                Err(error) => {
+                    // Retried after FLEET_REFRESH: until then ETAs come from the previous read, if any.
+                    tracing::warn!(%error, "the worker registry could not be read; ETAs use the last read");
+                    self.cached(true).unwrap_or_else(|| Arc::from(Vec::new()))
+                }
+            };
+        *self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some((Instant::now(), Arc::clone(&fleet)));
+        fleet
     }
 }
 
@@ -127,6 +181,7 @@ impl AppState {
                 request_metrics: RequestMetrics::new(),
                 started: std::time::Instant::now(),
                 counters: Counters::default(),
+                fleet: FleetCache::default(),
                 config,
             }),
         }
@@ -145,6 +200,18 @@ impl AppState {
     /// The order ledger: written by `POST /orders/async`, read by `GET /orders/{id}`.
     pub fn ledger(&self) -> &dyn Ledger {
         &*self.shared.ledger
+    }
+
+    /// When `order` will probably be settled ([`ledger::eta::estimate`]), from the worker registry read at
+    /// most once per [`FLEET_REFRESH`]; `None` once it is settled, or when the fleet gives no estimate. A
+    /// settled order costs no registry read.
+    pub(crate) async fn eta(&self, order: &OrderRecord) -> Option<DateTime<Utc>> {
+        if order.is_settled() {
+            return None;
+        }
+        let registry = self.shared.ledger.registry()?;
+        let fleet = self.shared.fleet.fleet(registry, self.config().ledger_timeout).await;
+        ledger::eta::estimate(order, &fleet, Utc::now())
     }
 
     /// The idempotency keys of the order endpoints, in the same store.

@@ -468,6 +468,8 @@ async fn script(ledger: &impl Ledger, orders: &[NewOrder; 2]) -> (Vec<Answer>, V
         ledger.settle(b.order_id, 2, "w2", &Settlement::Failed("gateway down".into())).await.unwrap(),
     ));
     answers.push(Answer::Abandon(ledger.abandon(b.order_id, "publish failed").await.unwrap()));
+    // The failed order's message is redriven from the dead-letter queue: claimed again, under a new token.
+    answers.push(claim(ledger.claim(&claim_by(b, "w3", LONG_LEASE)).await.unwrap()));
 
     let mut records = Vec::new();
     for order in orders {
@@ -494,7 +496,11 @@ async fn answers_and_records_match_the_embedded_adapter() {
         (OrderStatus::Completed, 2, 1, Some("w2"))
     );
     let final_b = get(&dynamo, orders[1].order_id).await;
-    assert_eq!((final_b.status, final_b.last_error.as_deref()), (OrderStatus::Failed, Some("gateway down")));
+    assert_eq!(
+        (final_b.status, final_b.attempts, final_b.worker.as_deref(), final_b.last_error.as_deref()),
+        (OrderStatus::Processing, 3, Some("w3"), Some("gateway down")),
+        "failed, then redriven and claimed again"
+    );
 }
 
 mod idempotency_keys {
@@ -550,5 +556,82 @@ mod idempotency_keys {
             keys.begin(&fresh).await.unwrap(),
             KeyBegin::Proceed { order_id: fresh.order_id, resumed: false }
         );
+    }
+}
+
+mod worker_registry {
+    use ledger::dynamodb::REGISTRY_KEY;
+    use ledger::registry::WorkerEntry;
+
+    use super::*;
+    use crate::embedded_registry::entry;
+
+    /// Entries are written with whole-millisecond times, as the table keeps them.
+    fn now_ms() -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap()
+    }
+
+    /// The attribute names of the registry's item, as stored.
+    async fn stored_entries(config: &SdkConfig, ledger: &DynamoLedger) -> Vec<String> {
+        let item = aws_sdk_dynamodb::Client::new(config)
+            .get_item()
+            .table_name(ledger.table())
+            .key("order_id", AttributeValue::S(REGISTRY_KEY.into()))
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap_or_default();
+        let mut names: Vec<String> = item.into_keys().filter(|name| name.starts_with("worker#")).collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    #[ignore = "needs moto: set MOTO_ENDPOINT (scripts/test.sh starts it)"]
+    async fn heartbeats_replace_an_entry_and_the_fleet_holds_only_live_ones() {
+        let (config, ledger) = ledger("registry").await;
+        let registry = ledger.registry().expect("the DynamoDB ledger serves the registry");
+        let now = now_ms();
+        assert_eq!(registry.fleet(now).await.unwrap(), vec![], "no item yet");
+
+        let order = new_order();
+        ledger.create(&order).await.unwrap();
+        registry.heartbeat(&entry("w1", now, 1)).await.unwrap();
+        let beat = WorkerEntry { breaker: Some("open".into()), ..entry("w1", now, 9) };
+        registry.heartbeat(&beat).await.unwrap();
+        // Seen 14 s ago with a 15 s timeout: live for one more second.
+        let old = entry("w3", now - chrono::Duration::seconds(14), 5);
+        registry.heartbeat(&old).await.unwrap();
+
+        let mut fleet = registry.fleet(now).await.unwrap();
+        fleet.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        assert_eq!(fleet, vec![beat.clone(), old], "the orders' items are not in the fleet");
+        let later = now + chrono::Duration::seconds(2);
+        assert_eq!(registry.fleet(later).await.unwrap(), vec![beat.clone()], "w3 timed out");
+
+        registry.heartbeat(&beat.departed(later)).await.unwrap();
+        assert_eq!(registry.fleet(later).await.unwrap(), vec![], "a departed worker is gone at once");
+        assert_eq!(stored_entries(&config, &ledger).await, Vec::<String>::new(), "and w3's entry removed");
+        assert_eq!(get(&ledger, order.order_id).await.status, OrderStatus::Pending, "orders untouched");
+    }
+
+    #[tokio::test]
+    #[ignore = "needs moto: set MOTO_ENDPOINT (scripts/test.sh starts it)"]
+    async fn a_heartbeat_removes_the_entries_of_workers_gone_silent() {
+        let (config, ledger) = ledger("registry-prune").await;
+        let registry = ledger.registry().unwrap();
+        let now = now_ms();
+        // A worker last seen 18 s ago (timeout 15 s: it crashed) and one seen 5 s ago.
+        registry.heartbeat(&entry("crashed", now - chrono::Duration::seconds(18), 3)).await.unwrap();
+        registry.heartbeat(&entry("w2", now - chrono::Duration::seconds(5), 3)).await.unwrap();
+        assert_eq!(stored_entries(&config, &ledger).await, ["worker#crashed", "worker#w2"]);
+
+        registry.heartbeat(&entry("w1", now, 1)).await.unwrap();
+        assert_eq!(stored_entries(&config, &ledger).await, ["worker#w1", "worker#w2"]);
+        let mut live: Vec<String> =
+            registry.fleet(now).await.unwrap().into_iter().map(|entry| entry.worker_id).collect();
+        live.sort();
+        assert_eq!(live, ["w1", "w2"]);
     }
 }

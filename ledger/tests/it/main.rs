@@ -4,3 +4,4 @@
 mod dynamodb_moto;
 mod embedded_keys;
 mod embedded_model;
+mod embedded_registry;

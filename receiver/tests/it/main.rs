@@ -7,6 +7,7 @@ mod binary;
 mod common;
 mod idempotency;
 mod metrics;
+mod order_eta;
 mod order_ledger;
 mod request_ids;
 mod slow_clients;
