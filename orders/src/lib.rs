@@ -17,6 +17,7 @@ pub use money::{Money, MoneyError};
 pub use order::{Order, OrderStatus};
 pub use payment::{
     GatewayFaults, OutageWindow, PaymentConfig, PaymentError, PaymentGate, PaymentOutcome, PaymentReceipt,
+    parse_fraction,
 };
 pub use request::{FieldError, LineItem, OrderRequest, RequestError, limits};
 pub use wire::{WIRE_VERSION, WireError, WireMessage};

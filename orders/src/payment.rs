@@ -75,8 +75,8 @@ pub struct GatewayFaults {
     pub outage: Option<OutageWindow>,
 }
 
-/// A fraction flag: a number from 0 to 1.
-fn parse_fraction(text: &str) -> Result<f64, String> {
+/// Parses a fraction flag (a rate or share): a number from 0 to 1. Shared by every flag that takes one.
+pub fn parse_fraction(text: &str) -> Result<f64, String> {
     let value: f64 = text.trim().parse().map_err(|error| format!("{error}"))?;
     if (0.0..=1.0).contains(&value) { Ok(value) } else { Err(format!("{value} is not between 0 and 1")) }
 }

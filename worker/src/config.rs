@@ -5,6 +5,8 @@ use std::time::Duration;
 use orders::PaymentConfig;
 use service_shell::defaults;
 
+use crate::breaker::BreakerConfig;
+
 /// How the worker's processing slots reach the payment processor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GateMode {
@@ -100,6 +102,13 @@ pub struct WorkerConfig {
     /// operator can tell which process handled an order. It must be unique per process (the default is): a
     /// worker takes a claim carrying its own name as its own.
     pub worker_id: String,
+    /// The circuit breaker around the payment gateway: while the gateway is down the worker stops receiving,
+    /// so an outage does not spend receive counts and move the backlog to the dead-letter queue.
+    pub breaker: BreakerConfig,
+    /// How often the worker rewrites its entry in the ledger's worker registry (who consumes, how fast, how
+    /// far through the backlog: what order ETAs are computed from). One write per interval, whatever the
+    /// order rate; the entry counts as gone after three intervals without one.
+    pub registry_interval: Duration,
 }
 
 /// How the consumers reach the payment processor, as a flag.
@@ -181,6 +190,91 @@ pub struct WorkerArgs {
     /// This worker's name in the ledger (owner of its claims), unique per process; random by default.
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub breaker: BreakerArgs,
+    /// How often the worker heartbeats its entry in the ledger's worker registry (one write each); it counts
+    /// as gone after three intervals without one.
+    #[arg(
+        long,
+        env = "REGISTRY_INTERVAL",
+        default_value = defaults::duration(WorkerConfig::default().registry_interval),
+        value_parser = humantime::parse_duration,
+    )]
+    pub registry_interval: Duration,
+}
+
+/// The circuit breaker's flags (see [`BreakerConfig`], where each default comes from).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct BreakerArgs {
+    /// Run without the circuit breaker: during a gateway outage messages then follow the retry backoff and,
+    /// out of receives, go to the dead-letter queue.
+    #[arg(long, env = "NO_BREAKER")]
+    pub no_breaker: bool,
+    /// Failure rate (0–1) over the window of recent payments at which the breaker opens and receives pause.
+    #[arg(
+        long,
+        env = "BREAKER_FAILURE_RATE",
+        default_value_t = BreakerConfig::default().failure_rate,
+        value_parser = orders::parse_fraction,
+    )]
+    pub breaker_failure_rate: f64,
+    /// Recent payments the failure rate is computed over.
+    #[arg(
+        long,
+        env = "BREAKER_WINDOW",
+        default_value_t = BreakerConfig::default().window as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+    )]
+    pub breaker_window: u32,
+    /// Payments needed in the window before the failure rate counts.
+    #[arg(
+        long,
+        env = "BREAKER_MINIMUM_CALLS",
+        default_value_t = BreakerConfig::default().minimum_calls as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+    )]
+    pub breaker_minimum_calls: u32,
+    /// First wait in open before probing the gateway; doubles with each failed probe.
+    #[arg(
+        long,
+        env = "BREAKER_OPEN_WAIT",
+        default_value = defaults::duration(BreakerConfig::default().open_wait),
+        value_parser = humantime::parse_duration,
+    )]
+    pub breaker_open_wait: Duration,
+    /// Longest wait in open: a recovered gateway is noticed within this long.
+    #[arg(
+        long,
+        env = "BREAKER_MAX_OPEN_WAIT",
+        default_value = defaults::duration(BreakerConfig::default().max_open_wait),
+        value_parser = humantime::parse_duration,
+    )]
+    pub breaker_max_open_wait: Duration,
+    /// Probe payments let through in half-open; all must succeed to close the breaker.
+    #[arg(
+        long,
+        env = "BREAKER_PROBES",
+        default_value_t = BreakerConfig::default().probes as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+    )]
+    pub breaker_probes: u32,
+}
+
+impl BreakerArgs {
+    /// The breaker these flags describe.
+    pub fn config(&self) -> BreakerConfig {
+        BreakerConfig {
+            enabled: !self.no_breaker,
+            failure_rate: self.breaker_failure_rate,
+            window: self.breaker_window as usize,
+            minimum_calls: self.breaker_minimum_calls as usize,
+            open_wait: self.breaker_open_wait,
+            max_open_wait: self.breaker_max_open_wait,
+            probes: self.breaker_probes as usize,
+            ..BreakerConfig::default()
+        }
+    }
 }
 
 impl WorkerArgs {
@@ -196,6 +290,8 @@ impl WorkerArgs {
             dedupe_capacity: self.dedupe_capacity,
             shutdown_deadline: self.shutdown_deadline,
             worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+            breaker: self.breaker.config(),
+            registry_interval: self.registry_interval,
             ..WorkerConfig::default()
         }
     }
@@ -220,6 +316,8 @@ impl Default for WorkerConfig {
             dedupe_capacity: 100_000,
             shutdown_deadline: Duration::from_secs(25),
             worker_id: default_worker_id(),
+            breaker: BreakerConfig::default(),
+            registry_interval: Duration::from_secs(5),
         }
     }
 }
@@ -261,10 +359,13 @@ impl WorkerConfig {
         if self.worker_id.is_empty() {
             return Err("worker id must not be empty".into());
         }
+        if self.registry_interval.is_zero() {
+            return Err("registry interval must be more than 0".into());
+        }
         if !(0.0..=1.0).contains(&self.payment.decline_rate) {
             return Err("decline rate must be between 0 and 1".into());
         }
-        Ok(())
+        self.breaker.validate()
     }
 }
 

@@ -22,11 +22,13 @@
 //! operational HTTP port.
 
 mod batcher;
+mod breaker;
 mod config;
 mod dedupe;
 mod http;
 mod poller;
 mod process;
+mod registry;
 mod slots;
 mod spawner;
 mod stats;
@@ -41,13 +43,16 @@ use ledger::Ledger;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use breaker::{BreakerConfig, BreakerState, BreakerStats};
 pub use config::{
-    AUTO_POLLERS_MAX, Backoff, GateArgs, GateMode, GateModeArg, WorkerArgs, WorkerConfig, default_worker_id,
+    AUTO_POLLERS_MAX, Backoff, BreakerArgs, GateArgs, GateMode, GateModeArg, WorkerArgs, WorkerConfig,
+    default_worker_id,
 };
 pub use http::{http_app, serve_http};
 pub use stats::{LatencySummary, METRIC_BUCKETS, WorkerStats, metric_names};
 
 use crate::batcher::{BatchSettings, Batcher};
+use crate::breaker::Breaker;
 use crate::dedupe::RecentOrders;
 use crate::process::Processor;
 use crate::slots::Slots;
@@ -86,6 +91,9 @@ pub(crate) struct Shared {
     pub(crate) recent: RecentOrders,
     pub(crate) draining: AtomicBool,
     pub(crate) ledger: Arc<dyn Ledger>,
+    /// What the settle path records for the worker registry's entry.
+    pub(crate) progress: registry::Progress,
+    pub(crate) breaker: Arc<Breaker>,
     /// A test's crash point: processing that reaches it stops there for good.
     pub(crate) freeze: std::sync::OnceLock<(CrashPoint, Arc<Notify>)>,
 }
@@ -126,6 +134,8 @@ impl Worker {
             stats: Stats::new(),
             draining: AtomicBool::new(false),
             ledger,
+            progress: registry::Progress::default(),
+            breaker: Breaker::new(config.breaker.clone()),
             freeze: std::sync::OnceLock::new(),
             config,
         };
@@ -168,6 +178,8 @@ impl Worker {
         background.spawn(changing);
         let stop_sampling = CancellationToken::new();
         background.spawn(sample_rate(Arc::clone(&shared), stop_sampling.clone()));
+        // The registry entry's `breaker` field: what to call for the breaker's state (`None`: not reported).
+        background.spawn(registry::heartbeat(Arc::clone(&shared), stop_sampling.clone()));
 
         let processor = Arc::new(Processor {
             shared: Arc::clone(&shared),
@@ -268,6 +280,7 @@ impl WorkerHandle {
             declined: stats.declined.get(),
             retried: stats.retried.get(),
             dead_lettered: stats.dead_lettered.get(),
+            poison: stats.poison.get(),
             duplicates: stats.duplicates.get(),
             released: stats.released.get(),
             heartbeats: stats.heartbeats.get(),
@@ -286,6 +299,7 @@ impl WorkerHandle {
             end_to_end_ms: stats.end_to_end_summary(),
             processing_ms: stats.processing_summary(),
             draining: self.is_draining(),
+            breaker: shared.breaker.stats(),
         }
     }
 
@@ -312,6 +326,11 @@ impl WorkerHandle {
     /// Turns a simulated payment-gateway outage on or off for every gate, for experiments and tests.
     pub fn set_gateway_outage(&self, on: bool) {
         self.shared.slots.gates().iter().for_each(|gate| gate.set_outage(on));
+    }
+
+    /// The circuit breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.shared.breaker.state()
     }
 
     /// Whether the worker has begun shutting down.

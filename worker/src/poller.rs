@@ -1,10 +1,12 @@
-//! The long-polling receivers: reserve free slots, receive at most that many messages, hand each to a slot.
+//! The long-polling receivers: ask the circuit breaker how many messages may be received, reserve that many
+//! free slots, receive at most that many messages, hand each to a slot.
 
 use std::sync::Arc;
 
 use bus::{MAX_BATCH_ENTRIES, VisibilityChange};
 use tokio::time::{Instant, sleep};
 
+use crate::breaker::Allowance;
 use crate::process::Processor;
 use crate::spawner::Spawner;
 
@@ -14,8 +16,19 @@ pub(crate) async fn poll(processor: Arc<Processor>, processing: Spawner, poller:
     let shared = Arc::clone(&processor.shared);
     let mut consecutive_failures = 0;
     loop {
-        let slots = shared.slots.reserve(MAX_BATCH_ENTRIES).await;
-        match processor.consumer.receive(slots.len(), shared.config.receive_wait).await {
+        // While the breaker is open this waits: no receive is made, so no receive count is spent.
+        let allowance = shared.breaker.allowance(MAX_BATCH_ENTRIES).await;
+        let slots = shared.slots.reserve(allowance.count()).await;
+        let receive = processor.consumer.receive(slots.len(), shared.config.receive_wait);
+        let received = match allowance {
+            // A long poll pending when the breaker opens is dropped, so it takes no message it would hand back.
+            Allowance::Closed(_) => tokio::select! {
+                received = receive => received,
+                () = shared.breaker.opened() => continue,
+            },
+            Allowance::Probes(_) => receive.await,
+        };
+        match received {
             Ok(mut messages) => {
                 consecutive_failures = 0;
                 let received_at = Instant::now();
@@ -38,9 +51,9 @@ pub(crate) async fn poll(processor: Arc<Processor>, processing: Spawner, poller:
                         processor.visibility.submit(release);
                     }
                 }
-                // Unused slots (fewer messages than reserved) are freed as `slots` drops.
-                for (slot, message) in slots.into_iter().zip(messages) {
-                    processing.spawn(Arc::clone(&processor).process(slot, message, received_at));
+                // Unused slots and probe permits (fewer messages than reserved) are freed as they drop.
+                for ((slot, message), probe) in slots.into_iter().zip(messages).zip(allowance.into_probes()) {
+                    processing.spawn(Arc::clone(&processor).process(slot, message, received_at, probe));
                 }
             }
             Err(error) => {

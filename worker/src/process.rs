@@ -11,6 +11,8 @@
 //! | ledger error                         | visible again after a backoff; nothing charged                   |
 //! | gateway failure                      | visible again after a backoff growing with the receive count     |
 //! | gateway failure, last allowed receive| sent to the DLQ with the reason, then deleted                    |
+//! | breaker not closed (gateway down)    | visible again when the breaker next probes; nothing failed       |
+//! | … on the last allowed receive        | a fresh copy requeued with that delay (receive count 0), deleted |
 //! | unparseable or invalid (poison)      | sent to the DLQ with the reason, then deleted                    |
 //! | shutdown deadline passed             | visible again at once (visibility 0) for another worker          |
 
@@ -32,6 +34,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::Batcher;
+use crate::breaker::{Admission, BreakerState, Probe};
 use crate::dedupe::{Claim, Settled};
 use crate::slots::Slot;
 use crate::{CrashPoint, Shared, WorkerConfig};
@@ -71,20 +74,35 @@ impl Processor {
 
     /// Processes one message in its slot. `received_at` is when the receive returned: the visibility timeout
     /// started just before.
-    pub(crate) async fn process(self: Arc<Self>, slot: Slot, message: ReceivedMessage, received_at: Instant) {
+    /// `probe` is the breaker's half-open permit the message was received with, if any.
+    pub(crate) async fn process(
+        self: Arc<Self>,
+        slot: Slot,
+        message: ReceivedMessage,
+        received_at: Instant,
+        probe: Option<Probe>,
+    ) {
         let in_flight = InFlight::enter(&self.shared.stats.in_flight);
-        self.settle(&slot, message, received_at).await;
+        self.settle(&slot, message, received_at, probe).await;
         // Out of the in-flight count before the slot is free, so `in_flight` never exceeds the slots.
         drop(in_flight);
         drop(slot);
     }
 
-    async fn settle(&self, slot: &Slot, message: ReceivedMessage, received_at: Instant) {
+    async fn settle(
+        &self,
+        slot: &Slot,
+        message: ReceivedMessage,
+        received_at: Instant,
+        probe: Option<Probe>,
+    ) {
         let stats = &self.shared.stats;
         let wire = match WireMessage::parse(&message.body) {
             Ok(wire) => wire,
             Err(error) => {
-                self.dead_letter(message, format!("poison message: {error}")).await;
+                if self.dead_letter(message, format!("poison message: {error}")).await {
+                    stats.poison.add(1);
+                }
                 return;
             }
         };
@@ -135,9 +153,31 @@ impl Processor {
                 return self.retry_later(&message);
             }
         };
+        let call = match self.shared.breaker.admit(probe) {
+            Admission::Go(call) => call,
+            Admission::Rejected { retry_after } => {
+                drop(window);
+                self.release_claim(
+                    order_id,
+                    token,
+                    "held back: the payment gateway's circuit breaker is open",
+                )
+                .await;
+                return self.hand_back(message, retry_after).await;
+            }
+        };
         self.checkpoint(CrashPoint::BeforeCharge).await;
         let (payment, visible_until) =
             self.pay(slot.gate(), recorded, &wire.order, &message, received_at).await;
+        // The gateway's verdict feeds the breaker; a ledger failure or an abandoned payment says nothing of it.
+        let breaker = match &payment {
+            Payment::Finished(Ok(_)) => self.shared.breaker.record(call, true),
+            Payment::Finished(Err(ChargeError::Gateway(_))) => self.shared.breaker.record(call, false),
+            _ => {
+                drop(call);
+                self.shared.breaker.state()
+            }
+        };
         match payment {
             Payment::Finished(Ok(charged)) => {
                 self.checkpoint(CrashPoint::AfterCharge).await;
@@ -179,6 +219,7 @@ impl Processor {
                 stats.processing.record(received_at.elapsed());
                 let end_to_end = (Utc::now() - wire.accepted_at).to_std().unwrap_or_default();
                 stats.end_to_end.record(end_to_end);
+                self.shared.progress.record(wire.accepted_at, end_to_end, received_at.elapsed());
                 // Retried while the message stays hidden: once it shows again, its redelivery is deleted
                 // without charging anyway.
                 self.deleter.submit_until(message.receipt_handle, visible_until);
@@ -189,7 +230,15 @@ impl Processor {
                     stats.ledger_errors.add(1);
                 }
                 let allowed = self.config().max_receive_count;
-                if allowed > 0 && message.receive_count >= allowed {
+                if breaker != BreakerState::Closed {
+                    // The gateway is down, not this order: it waits in the queue without spending receives.
+                    stats.retried.add(1);
+                    tracing::warn!(%order_id, receive_count = message.receive_count, %error,
+                        "payment failed while the gateway is down; retrying once the circuit breaker closes");
+                    self.release_claim(order_id, token, &error.to_string()).await;
+                    let retry_after = self.config().breaker.open_wait;
+                    self.hand_back(message, retry_after).await;
+                } else if allowed > 0 && message.receive_count >= allowed {
                     let reason =
                         format!("payment failed on all {} allowed deliveries; last error: {error}", allowed);
                     let failed = Settlement::Failed(reason.clone());
@@ -202,8 +251,8 @@ impl Processor {
                     }
                 } else {
                     stats.retried.add(1);
-                    tracing::info!(%order_id, receive_count = message.receive_count, %error,
-                        "payment failed transiently; the queue will redeliver after a backoff");
+                    tracing::warn!(%order_id, receive_count = message.receive_count, %error,
+                        "payment failed transiently; retrying after a backoff");
                     self.release_claim(order_id, token, &error.to_string()).await;
                     self.retry_later(&message);
                 }
@@ -332,6 +381,32 @@ impl Processor {
         (ended, visible_until)
     }
 
+    /// Gives a message back to the queue, untouched by the failure, for at least `delay` (jittered up by a fifth
+    /// so that held messages do not return in one wave): the breaker is not closed. A message on its last allowed
+    /// receive would go to the dead-letter queue on its next one, so a fresh copy with a new receive count is
+    /// requeued instead and the original deleted; a copy delivered twice is harmless, the ledger charges once.
+    async fn hand_back(&self, message: ReceivedMessage, delay: Duration) {
+        let delay = delay.mul_f64(1.0 + 0.2 * fastrand::f64()).clamp(Duration::from_secs(1), bus::MAX_DELAY);
+        let allowed = self.config().max_receive_count;
+        if allowed > 0 && message.receive_count >= allowed {
+            let mut copy = OutgoingMessage::new(message.body.clone());
+            copy.attributes = message.attributes.clone();
+            match self.consumer.requeue(copy, delay).await {
+                Ok(_) => {
+                    tracing::debug!(message_id = %message.message_id, ?delay,
+                        "out of receives while the gateway is down: requeued a fresh copy");
+                    return self.deleter.submit(message.receipt_handle);
+                }
+                Err(error) => {
+                    tracing::warn!(message_id = %message.message_id, %error,
+                        "could not requeue a message on its last receive; giving it back as it is");
+                }
+            }
+        }
+        tracing::debug!(message_id = %message.message_id, ?delay, "held back while the gateway is down");
+        self.visibility.submit(VisibilityChange { receipt_handle: message.receipt_handle, timeout: delay });
+    }
+
     /// Leaves the message for a later redelivery, after a backoff growing with its receive count.
     fn retry_later(&self, message: &ReceivedMessage) {
         let attempt = message.receive_count.saturating_sub(1);
@@ -350,7 +425,7 @@ impl Processor {
         match self.consumer.send_to_dead_letter(copy).await {
             Ok(_) => {
                 stats.dead_lettered.add(1);
-                tracing::warn!(message_id = %message.message_id, %reason, "message moved to the dead-letter queue");
+                tracing::error!(message_id = %message.message_id, %reason, "message failed: moved to the dead-letter queue");
                 self.deleter.submit(message.receipt_handle);
                 true
             }

@@ -35,8 +35,11 @@ pub struct WorkerStats {
     /// Messages left for a later redelivery: transient payment failures, and duplicates of an order still in
     /// progress.
     pub retried: u64,
-    /// Messages moved to the dead-letter queue by the worker (poison, or out of retries), reason attached.
+    /// Messages moved to the dead-letter queue by the worker (poison, or out of retries), reason attached:
+    /// final failures.
     pub dead_lettered: u64,
+    /// Of those, poison: messages that could never be processed (unparseable or invalid), dead-lettered at once.
+    pub poison: u64,
     /// Redeliveries of an already settled order: deleted without charging again.
     pub duplicates: u64,
     /// Messages made visible again at shutdown because their payment could not finish in time.
@@ -75,6 +78,8 @@ pub struct WorkerStats {
     pub processing_ms: LatencySummary,
     /// Whether the worker is shutting down (no longer polling).
     pub draining: bool,
+    /// The circuit breaker around the payment gateway.
+    pub breaker: crate::BreakerStats,
 }
 
 /// Percentiles of a latency distribution, in milliseconds.
@@ -173,6 +178,7 @@ pub(crate) struct Stats {
     pub(crate) declined: Tally,
     pub(crate) retried: Tally,
     pub(crate) dead_lettered: Tally,
+    pub(crate) poison: Tally,
     pub(crate) duplicates: Tally,
     pub(crate) released: Tally,
     pub(crate) heartbeats: Tally,
@@ -232,6 +238,7 @@ impl Stats {
             declined: Tally::new("worker_orders_declined_total"),
             retried: Tally::new("worker_messages_retried_total"),
             dead_lettered: Tally::new("worker_messages_dead_lettered_total"),
+            poison: Tally::new("worker_poison_messages_total"),
             duplicates: Tally::new("worker_duplicates_total"),
             released: Tally::new("worker_messages_released_total"),
             heartbeats: Tally::new("worker_visibility_extensions_total"),

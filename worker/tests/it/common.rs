@@ -51,13 +51,16 @@ pub fn stack(visibility: Duration, max_receive_count: u32) -> EmbeddedStack {
 }
 
 /// A worker config: `consumers` per-consumer gates of `latency`, no declines (so every settled order counts
-/// as completed), visibility matching `stack`.
+/// as completed), visibility matching `stack`, and a breaker that starts closed (these tests count receives
+/// and slots from the first batch; a probing start is the breaker's own test).
 pub fn config(consumers: usize, latency: Duration, visibility: Duration) -> WorkerConfig {
+    let defaults = WorkerConfig::default();
     WorkerConfig {
         consumers,
         payment: PaymentConfig { latency, decline_rate: 0.0, ..PaymentConfig::default() },
         visibility_timeout: visibility,
-        ..WorkerConfig::default()
+        breaker: worker::BreakerConfig { start_probing: false, ..defaults.breaker.clone() },
+        ..defaults
     }
 }
 
@@ -133,6 +136,7 @@ pub enum Call {
     Delete(ReceiptHandle),
     ChangeVisibility(ReceiptHandle, Duration),
     DeadLetter,
+    Requeue(Duration),
 }
 
 /// A consumer that forwards to an embedded queue, records every call (with its tokio time), and can fail
@@ -212,5 +216,10 @@ impl Consumer for Observed {
 
     async fn stats(&self) -> Result<QueueStats, BusError> {
         self.inner.stats().await
+    }
+
+    async fn requeue(&self, message: OutgoingMessage, delay: Duration) -> Result<MessageId, BusError> {
+        self.record(Call::Requeue(delay));
+        self.inner.requeue(message, delay).await
     }
 }

@@ -57,6 +57,8 @@ async fn a_worker_killed_mid_payment_loses_nothing() {
 async fn a_gateway_outage_loses_nothing_and_dead_letters_the_exhausted_with_their_reason() {
     let stack = stack(VISIBILITY, 5);
     let mut config = config(5, SECOND, VISIBILITY);
+    // Without the circuit breaker (tests/it/breaker.rs has the outage with it): retries and dead-lettering.
+    config.breaker.enabled = false;
     config.payment.faults.outage = Some(OutageWindow { starts_after: Duration::ZERO, lasts: secs(100) });
     // Received at t = 0: retried after backoffs of at most 5 + 10 + 20 + 40 s, so their fifth and last allowed
     // receive fails at t <= 75 s, inside the outage.
@@ -92,6 +94,7 @@ async fn without_the_workers_dead_lettering_the_redrive_policy_is_the_backstop()
     send_orders(&stack.queue, 5);
     let mut config = config(5, SECOND, VISIBILITY);
     config.max_receive_count = 0;
+    config.breaker.enabled = false;
     config.payment.faults.outage = Some(OutageWindow { starts_after: Duration::ZERO, lasts: secs(10_000) });
     let worker = Running::start(config, Arc::new(stack.queue.clone()));
     wait_for("the redrive to move all five", secs(600), || stack.dead_letter.stats_now().visible == 5).await;

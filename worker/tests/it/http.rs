@@ -63,6 +63,7 @@ async fn health_stats_and_metrics_describe_the_running_worker() {
     for field in ["in_flight", "utilization", "processing_rate", "retried", "dead_lettered", "declined"] {
         assert!(raw.get(field).is_some(), "/stats has {field}");
     }
+    assert_eq!(raw["breaker"]["state"], "closed", "/stats shows the breaker: {raw}");
     for field in ["count", "p50", "p95", "p99", "max"] {
         assert!(raw["end_to_end_ms"].get(field).is_some(), "end_to_end_ms has {field}");
     }
@@ -77,6 +78,8 @@ async fn health_stats_and_metrics_describe_the_running_worker() {
         "worker_consumers 2",
         "worker_processing_seconds_bucket{le=\"0.1\"} 3",
         "worker_end_to_end_seconds",
+        "worker_breaker_state 0",
+        "worker_breaker_transitions_total{to=\"open\"} 0",
     ] {
         assert!(text.contains(expected), "/metrics lacks {expected:?}:\n{text}");
     }

@@ -249,3 +249,66 @@ async fn a_claim_whose_answer_was_lost_is_taken_up_by_its_worker() {
     let settled = ledger.inner.get(order_id).await.unwrap().unwrap();
     assert_eq!((settled.status, settled.charges, settled.attempts), (OrderStatus::Completed, 1, 1));
 }
+
+mod registry {
+    use chrono::Utc;
+    use ledger::registry::WorkerEntry;
+
+    use super::*;
+    use crate::common::send_orders;
+
+    async fn fleet(ledger: &EmbeddedLedger) -> Vec<WorkerEntry> {
+        ledger.registry().expect("a registry").fleet(Utc::now()).await.expect("fleet")
+    }
+
+    // A running worker keeps its entry in the registry, with its consumers, rate and frontier, and takes
+    // it out when it shuts down.
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_heartbeats_its_entry_and_leaves_at_shutdown() {
+        let stack = stack(VISIBILITY, 5);
+        let ledger = Arc::new(EmbeddedLedger::default());
+        let mut config = config(4, Duration::from_millis(100), VISIBILITY);
+        config.worker_id = "w-registry".into();
+        config.registry_interval = SECOND;
+        let worker = Running::start_with_ledger(config, Arc::new(stack.queue.clone()), ledger.clone());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let first = fleet(&ledger).await;
+        assert_eq!(first.len(), 1, "registered at start: {first:?}");
+        assert_eq!((first[0].rate, first[0].settled, first[0].frontier), (0.0, 0, None));
+
+        send_orders(&stack.queue, 40);
+        wait_for("the orders to settle", secs(60), || worker.handle.settled() == 40).await;
+        tokio::time::sleep(secs(2)).await;
+        let entry = fleet(&ledger).await.pop().expect("the worker's entry");
+        assert_eq!(entry.worker_id, "w-registry");
+        assert_eq!((entry.consumers, entry.gate_mode.as_str(), entry.settled), (4, "per-consumer", 40));
+        assert_eq!(entry.timeout, secs(3), "three heartbeat intervals");
+        assert_eq!(entry.breaker.as_deref(), Some("closed"), "the circuit breaker's state");
+        assert!(entry.rate > 0.0, "{entry:?}");
+        let service = entry.service_time.expect("a service time");
+        assert!((0.1..1.0).contains(&service), "about one 100 ms payment: {entry:?}");
+        let frontier = entry.frontier.expect("a frontier");
+        assert!(frontier.settled_at >= frontier.accepted_at, "{frontier:?}");
+
+        worker.shutdown().await;
+        assert_eq!(fleet(&ledger).await, vec![], "gone at once after a graceful shutdown");
+    }
+
+    // A store that fails heartbeats does not stop the worker: its entry appears once the store is back.
+    #[tokio::test(start_paused = true)]
+    async fn failed_heartbeats_are_retried_next_tick() {
+        let stack = stack(VISIBILITY, 5);
+        let ledger = Arc::new(EmbeddedLedger::default());
+        ledger.fail_with(Some(LedgerError::Unavailable("down".into())));
+        let mut config = config(1, Duration::from_millis(100), VISIBILITY);
+        config.registry_interval = SECOND;
+        let worker = Running::start_with_ledger(config, Arc::new(stack.queue.clone()), ledger.clone());
+        tokio::time::sleep(secs(3)).await;
+        ledger.fail_with(None);
+        assert_eq!(fleet(&ledger).await, vec![], "no heartbeat got through");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(fleet(&ledger).await.len(), 1, "the next tick registered the worker");
+        assert!(!worker.task.is_finished());
+        worker.shutdown().await;
+    }
+}
