@@ -1,4 +1,4 @@
-//! The command line: `up`, `run`, `compare`, `scale` and `infra`, every flag also read from an environment
+//! The command line: `up`, `run`, `compare`, `scale`, `infra` and `dlq`, every flag also read from an environment
 //! variable. The clap types and the dispatch to [`crate::commands`]; `main.rs` only parses and calls
 //! [`execute`].
 
@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use loadgen::closed_model::WaitRange;
 use tokio_util::sync::CancellationToken;
 
+use crate::autoscaling::AutoscaleSettings;
 use crate::commands;
+use crate::outage::OutageSettings;
 use crate::pipeline::PipelineConfig;
 use crate::render;
 
@@ -46,8 +48,17 @@ pub enum Command {
     Compare(CompareArgs),
     /// The worker-scaling sweep under the flash sale (1, 5, 20, 100, 200 consumers).
     Scale(ScaleArgs),
+    /// Autoscaling the worker fleet on backlog per task (Terraform's policy) vs on CPU, simulated on the
+    /// embedded stack: task count and backlog over time, drain time, oldest message age, task-minutes.
+    Autoscale(AutoscaleArgs),
+    /// A flash sale with the payment gateway down for a window (and optionally worker crashes and poison),
+    /// with the worker's circuit breaker and without it, side by side.
+    Outage(OutageArgs),
     /// Create or delete the SNS/SQS resources of terraform/ on an emulator endpoint (moto, LocalStack).
     Infra(InfraArgs),
+    /// Look at the dead-letter queue, or move it back to the orders queue: SQS with --queue-url, else the
+    /// embedded pipeline of a running `loadtest up` (through its control API).
+    Dlq(DlqArgs),
 }
 
 /// Where the load goes (default: a pipeline in this process).
@@ -110,6 +121,9 @@ pub struct UpArgs {
     /// Loopback port of the receiver's /stats and /metrics (its admin port, as the receiver binary has).
     #[arg(long, env = "ADMIN_PORT", default_value_t = 9090)]
     pub admin_port: u16,
+    /// Loopback port of the load tool's control API (GET /dlq, POST /dlq/redrive), which `loadtest dlq` uses.
+    #[arg(long, env = "LOADTEST_CONTROL_PORT", default_value_t = commands::dlq::DEFAULT_CONTROL_PORT)]
+    pub control_port: u16,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub pipeline: PipelineArgs,
@@ -230,6 +244,218 @@ pub struct ScaleArgs {
     pub pipeline: PipelineArgs,
 }
 
+/// `outage`. Lab time throughout (a time scale divides it); defaults from [`OutageSettings::default`].
+#[derive(Debug, Args)]
+pub struct OutageArgs {
+    /// Time compression K, as for `compare`: default 60, 100 with --quick.
+    #[arg(long, env = "LOADTEST_TIME_SCALE")]
+    pub time_scale: Option<f64>,
+    /// CI preset: K = 100 (unless given) and a 20 s sale with the gateway down from 10 s for 2 minutes.
+    #[arg(long, env = "LOADTEST_QUICK")]
+    pub quick: bool,
+    /// Accepted for symmetry with the other experiments, refused: the outage is injected into the embedded
+    /// gateway, which a deployed stack does not have.
+    #[arg(long, env = "LOADTEST_TARGET")]
+    pub target: Option<String>,
+    /// Orders per second of the sale (`60`, `60/s`, `3600/min`). Default: the lab's flash sale, 60/s.
+    #[arg(long, env = "LOADTEST_RATE")]
+    pub rate: Option<Rate>,
+    /// How long the sale lasts. Default: the flash sale's 60 s (20 s with --quick).
+    #[arg(long, env = "LOADTEST_DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// When the payment gateway goes down, from the start of the sale.
+    #[arg(
+        long,
+        env = "OUTAGE_START",
+        default_value = service_shell::defaults::duration(OutageSettings::default().starts_after),
+        value_parser = humantime::parse_duration,
+    )]
+    pub outage_start: Duration,
+    /// How long the gateway stays down.
+    #[arg(
+        long,
+        env = "OUTAGE_LENGTH",
+        default_value = service_shell::defaults::duration(OutageSettings::default().lasts),
+        value_parser = humantime::parse_duration,
+    )]
+    pub outage_length: Duration,
+    /// Worker consumers: enough to keep up with the sale while the gateway is up.
+    #[arg(
+        long,
+        env = "WORKER_CONSUMERS",
+        default_value_t = OutageSettings::default().consumers as u32,
+        value_parser = clap::value_parser!(u32).range(1..=100_000),
+    )]
+    pub consumers: u32,
+    /// Crash the worker this often (abort it, no graceful stop, then start a new one). Default: never.
+    #[arg(long, env = "OUTAGE_CRASH_EVERY", value_parser = humantime::parse_duration)]
+    pub crash_every: Option<Duration>,
+    /// Poison messages (not orders) mixed into the queue, as a share of the sale's orders (0 to 1).
+    #[arg(
+        long,
+        env = "OUTAGE_POISON_SHARE",
+        default_value_t = OutageSettings::default().poison_share,
+        value_parser = orders::parse_fraction,
+    )]
+    pub poison_share: f64,
+    /// The simulated payment processor (lab time).
+    #[command(flatten)]
+    pub payment: orders::PaymentConfig,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub load: LoadArgs,
+}
+
+impl OutageArgs {
+    /// The experiment's settings from these flags.
+    pub fn settings(&self) -> OutageSettings {
+        OutageSettings {
+            starts_after: if self.quick { Duration::from_secs(10) } else { self.outage_start },
+            lasts: self.outage_length,
+            consumers: self.consumers as usize,
+            crash_every: self.crash_every,
+            poison_share: self.poison_share,
+        }
+    }
+}
+
+/// `autoscale`. Lab time throughout (a time scale divides it); each default mirrors `terraform/variables.tf`
+/// or AWS's behaviour, from [`AutoscaleSettings::default`].
+#[derive(Debug, Args)]
+pub struct AutoscaleArgs {
+    /// Time compression K, as for `compare`: default 60, 100 with --quick.
+    #[arg(long, env = "LOADTEST_TIME_SCALE")]
+    pub time_scale: Option<f64>,
+    /// CI preset: K = 100 (unless given), and the watch ends once the late scale-outs have landed after the
+    /// drain (--after-drain defaults to the metric period + delay + start-up) instead of after the scale-in.
+    #[arg(long, env = "LOADTEST_QUICK")]
+    pub quick: bool,
+    /// Orders per second of the load (`60`, `60/s`, `3600/min`). Default: the lab's flash sale, 60/s.
+    #[arg(long, env = "LOADTEST_RATE")]
+    pub rate: Option<Rate>,
+    /// How long the load lasts. Default: the flash sale's 60 s.
+    #[arg(long, env = "LOADTEST_DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Consumers (processing slots) per worker task: Terraform's worker_consumers.
+    #[arg(
+        long,
+        env = "WORKER_CONSUMERS",
+        default_value_t = AutoscaleSettings::default().consumers_per_task,
+        value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1..), |n| n as usize),
+    )]
+    pub consumers: usize,
+    /// Fewest worker tasks (at least 1; the fleet starts here): Terraform's worker_min_count.
+    #[arg(long, env = "AUTOSCALE_MIN_TASKS", default_value_t = AutoscaleSettings::default().min_tasks)]
+    pub min_tasks: usize,
+    /// Most worker tasks: Terraform's worker_max_count.
+    #[arg(long, env = "AUTOSCALE_MAX_TASKS", default_value_t = AutoscaleSettings::default().max_tasks)]
+    pub max_tasks: usize,
+    /// Longest an order should wait in the queue: Terraform's acceptable_latency_seconds. The backlog-per-task
+    /// target is this × consumers ÷ payment latency.
+    #[arg(
+        long,
+        env = "ACCEPTABLE_LATENCY",
+        default_value = service_shell::defaults::duration(AutoscaleSettings::default().acceptable_latency),
+        value_parser = humantime::parse_duration,
+    )]
+    pub acceptable_latency: Duration,
+    /// Wait after a scale-out before the next: Terraform's scale_out_cooldown_seconds.
+    #[arg(
+        long,
+        env = "SCALE_OUT_COOLDOWN",
+        default_value = service_shell::defaults::duration(AutoscaleSettings::default().scale_out_cooldown),
+        value_parser = humantime::parse_duration,
+    )]
+    pub scale_out_cooldown: Duration,
+    /// Wait after a scale-in before the next: Terraform's scale_in_cooldown_seconds.
+    #[arg(
+        long,
+        env = "SCALE_IN_COOLDOWN",
+        default_value = service_shell::defaults::duration(AutoscaleSettings::default().scale_in_cooldown),
+        value_parser = humantime::parse_duration,
+    )]
+    pub scale_in_cooldown: Duration,
+    /// One metric datapoint per period (CloudWatch: a minute for SQS and Container Insights).
+    #[arg(
+        long,
+        env = "AUTOSCALE_METRIC_PERIOD",
+        default_value = service_shell::defaults::duration(AutoscaleSettings::default().metric_period),
+        value_parser = humantime::parse_duration,
+    )]
+    pub metric_period: Duration,
+    /// How late a datapoint reaches the policy after its period ends.
+    #[arg(
+        long,
+        env = "AUTOSCALE_METRIC_DELAY",
+        default_value = service_shell::defaults::duration(AutoscaleSettings::default().metric_delay),
+        value_parser = humantime::parse_duration,
+    )]
+    pub metric_delay: Duration,
+    /// Consecutive datapoints above the target before a scale-out (AWS target tracking's high alarm).
+    #[arg(
+        long,
+        env = "AUTOSCALE_SCALE_OUT_DATAPOINTS",
+        default_value_t = AutoscaleSettings::default().scale_out_datapoints
+    )]
+    pub scale_out_datapoints: usize,
+    /// Consecutive datapoints below 90 % of the target before a scale-in (AWS target tracking's low alarm).
+    #[arg(
+        long,
+        env = "AUTOSCALE_SCALE_IN_DATAPOINTS",
+        default_value_t = AutoscaleSettings::default().scale_in_datapoints
+    )]
+    pub scale_in_datapoints: usize,
+    /// From a scale-out to the new task taking orders (about a minute on Fargate).
+    #[arg(
+        long,
+        env = "AUTOSCALE_STARTUP_DELAY",
+        default_value = service_shell::defaults::duration(AutoscaleSettings::default().startup_delay),
+        value_parser = humantime::parse_duration,
+    )]
+    pub startup_delay: Duration,
+    /// The CPU policy's target utilization, percent (the policy run for contrast; not in terraform/).
+    #[arg(long, env = "AUTOSCALE_CPU_TARGET", default_value_t = AutoscaleSettings::default().cpu_target_percent)]
+    pub cpu_target: f64,
+    /// After the queue drained, watch at most this long for the scale-in (the watch ends sooner once the fleet
+    /// is back at its minimum). Default 20m; with --quick, the metric period + delay + start-up.
+    #[arg(long, env = "AUTOSCALE_AFTER_DRAIN", value_parser = humantime::parse_duration)]
+    pub after_drain: Option<Duration>,
+    /// The simulated payment processor of every task (its latency is one order's processing time: Terraform's
+    /// payment_latency_seconds).
+    #[command(flatten)]
+    pub payment: orders::PaymentConfig,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub load: LoadArgs,
+    /// Not supported: autoscale runs the fleet in this process on the embedded stack (a deployed stack's
+    /// scaling is AWS's); given, the command stops with an explanation.
+    #[arg(long, env = "LOADTEST_TARGET")]
+    pub target: Option<String>,
+}
+
+impl AutoscaleArgs {
+    /// The simulation's settings from these flags.
+    pub fn settings(&self) -> AutoscaleSettings {
+        let defaults = AutoscaleSettings::default();
+        AutoscaleSettings {
+            consumers_per_task: self.consumers,
+            min_tasks: self.min_tasks,
+            max_tasks: self.max_tasks,
+            acceptable_latency: self.acceptable_latency,
+            scale_out_cooldown: self.scale_out_cooldown,
+            scale_in_cooldown: self.scale_in_cooldown,
+            metric_period: self.metric_period,
+            metric_delay: self.metric_delay,
+            scale_out_datapoints: self.scale_out_datapoints,
+            scale_in_datapoints: self.scale_in_datapoints,
+            startup_delay: self.startup_delay,
+            cpu_target_percent: self.cpu_target,
+            after_drain: defaults.after_drain,
+        }
+        .with_after_drain(self.after_drain, self.quick)
+    }
+}
+
 /// `infra`.
 #[derive(Debug, Args)]
 pub struct InfraArgs {
@@ -264,6 +490,72 @@ pub struct InfraTarget {
     /// The queue's visibility timeout.
     #[arg(long, env = "VISIBILITY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub visibility_timeout: Duration,
+}
+
+/// `dlq`.
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    /// List or redrive.
+    #[command(subcommand)]
+    pub action: DlqAction,
+}
+
+/// `dlq list` / `dlq redrive`.
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Peek at the dead-lettered orders (they stay in the DLQ): reason, receive count, age, order id.
+    List(DlqListArgs),
+    /// Move every dead-lettered order back to the orders queue (SQS's move task where available).
+    Redrive(DlqRedriveArgs),
+}
+
+/// Which queues: SQS (with --queue-url and --dlq-url) or a running `loadtest up`.
+#[derive(Debug, Clone, Args)]
+pub struct DlqTarget {
+    /// SQS URL of the orders queue. Credentials, region and AWS_ENDPOINT_URL come from the standard AWS chain.
+    /// Without it, the embedded pipeline of `loadtest up` at --control-url.
+    #[arg(long, env = "ORDERS_QUEUE_URL", requires = "dlq_url")]
+    pub queue_url: Option<String>,
+    /// SQS URL of its dead-letter queue.
+    #[arg(long, env = "ORDERS_DLQ_URL", requires = "queue_url")]
+    pub dlq_url: Option<String>,
+    /// Control API of a running `loadtest up` (its --control-port).
+    #[arg(long, env = "LOADTEST_CONTROL_URL", default_value = commands::dlq::default_control_url())]
+    pub control_url: String,
+}
+
+/// `dlq list`.
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: DlqTarget,
+    /// The most messages to show (each is received once more by the peek).
+    #[arg(long, env = "LOADTEST_DLQ_MAX", default_value_t = 50)]
+    pub max: usize,
+    /// Print JSON (one array) instead of the table.
+    #[arg(long, env = "LOADTEST_DLQ_JSON")]
+    pub json: bool,
+}
+
+/// `dlq redrive`.
+#[derive(Debug, Args)]
+pub struct DlqRedriveArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: DlqTarget,
+    /// Move by receive → send → delete even where SQS's move task is available.
+    #[arg(long, env = "LOADTEST_DLQ_FALLBACK")]
+    pub fallback: bool,
+    /// How long to wait for DLQ messages that are in flight (received by someone, or by an interrupted
+    /// redrive) before stopping and reporting them as left behind. Longer than the DLQ's visibility timeout.
+    #[arg(
+        long,
+        env = "LOADTEST_DLQ_IN_FLIGHT_WAIT",
+        default_value = service_shell::defaults::duration(bus::RedriveOptions::default().in_flight_wait),
+        value_parser = humantime::parse_duration,
+    )]
+    pub in_flight_wait: Duration,
 }
 
 /// A request rate: `60`, `60/s`, `3600/m`, `3600/min`.
@@ -358,7 +650,18 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             println!("{}", render::text::scaling(&document));
             commands::save(&cli.results_dir, &document)
         }
+        Command::Autoscale(args) => {
+            let document = commands::autoscale::execute(&args, progress, &stop).await?;
+            println!("{}", render::autoscale::text(&document));
+            commands::save(&cli.results_dir, &document)
+        }
+        Command::Outage(args) => {
+            let document = commands::outage::execute(&args, progress, &stop).await?;
+            println!("{}", render::outage::text(&document));
+            commands::save(&cli.results_dir, &document)
+        }
         Command::Infra(args) => commands::infra::infra(args).await,
+        Command::Dlq(args) => commands::dlq::dlq(args).await,
     }
 }
 

@@ -9,10 +9,16 @@
 //!   or a deployed stack.
 //! - [`commands`]: `up`, `run`, `compare` and `scale` (the two experiments), `infra`; [`cli`]: the command
 //!   line and its dispatch.
+//! - [`outage`]: the payment-gateway outage experiment (circuit breaker on and off, crashes, poison), for
+//!   `outage`.
+//! - [`autoscaling`]: the worker fleet's autoscaling (backlog per task vs CPU) simulated on the embedded
+//!   stack, for `autoscale`.
 
+pub mod autoscaling;
 pub mod cli;
 pub mod commands;
 pub mod experiment;
+pub mod outage;
 pub mod pipeline;
 pub mod probe;
 pub mod progress;

@@ -8,7 +8,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,7 +21,7 @@ use orders::PaymentConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use worker::{GateMode, Worker, WorkerConfig, WorkerHandle};
+use worker::{BreakerConfig, GateMode, Worker, WorkerConfig, WorkerHandle};
 
 use crate::probe::{Probes, WorkerStatsSource};
 
@@ -47,6 +48,12 @@ pub struct PipelineConfig {
     pub receiver_admin_port: Option<u16>,
     /// Loopback port for the worker's `/health`, `/stats`, `/metrics` (`None`: not served).
     pub worker_port: Option<u16>,
+    /// The worker's circuit breaker, in lab time.
+    pub breaker: BreakerConfig,
+    /// K for the queue's and the worker's own clocks: the visibility timeout, retry and poll backoffs and the
+    /// breaker's waits are divided by it. 1 keeps the deployed values; experiments whose outcome depends on
+    /// retries (an outage) set the run's time scale.
+    pub timings_scale: f64,
 }
 
 impl Default for PipelineConfig {
@@ -60,6 +67,8 @@ impl Default for PipelineConfig {
             receiver_port: 0,
             receiver_admin_port: None,
             worker_port: None,
+            breaker: worker.breaker,
+            timings_scale: 1.0,
         }
     }
 }
@@ -82,26 +91,64 @@ pub struct EmbeddedPipeline {
     pub stack: EmbeddedStack,
     /// The order ledger the receiver writes and the worker claims in.
     pub ledger: Arc<EmbeddedLedger>,
-    worker: WorkerHandle,
+    worker: Arc<Mutex<RunningWorker>>,
+    worker_config: WorkerConfig,
+    gateway_outage: AtomicBool,
     stop: CancellationToken,
     receiver_task: JoinHandle<std::io::Result<()>>,
-    worker_task: JoinHandle<()>,
     worker_runtime: tokio::runtime::Runtime,
     worker_threads: String,
+}
+
+/// The worker process of the pipeline, and the ones that crashed before it.
+struct RunningWorker {
+    handle: WorkerHandle,
+    /// `None` once taken by shutdown.
+    task: Option<JoinHandle<()>>,
+    crashed: Vec<WorkerHandle>,
+}
+
+/// The worker's configuration for a pipeline: the deployed defaults with the pipeline's gates and payment, and
+/// its own clocks compressed by `timings_scale`. Extra workers on the same stack (a simulated fleet) use it too.
+pub fn worker_config(config: &PipelineConfig) -> WorkerConfig {
+    let defaults = WorkerConfig::default();
+    let k = config.timings_scale.max(1.0);
+    let scaled = |backoff: worker::Backoff| worker::Backoff {
+        base: backoff.base.div_f64(k),
+        max: backoff.max.div_f64(k),
+    };
+    WorkerConfig {
+        consumers: config.consumers,
+        gate_mode: config.gate_mode,
+        payment: config.payment.clone(),
+        shutdown_deadline: Duration::from_secs(2),
+        visibility_timeout: defaults.visibility_timeout.div_f64(k),
+        retry_backoff: scaled(defaults.retry_backoff),
+        poll_backoff: scaled(defaults.poll_backoff),
+        breaker: BreakerConfig {
+            open_wait: config.breaker.open_wait.div_f64(k),
+            max_open_wait: config.breaker.max_open_wait.div_f64(k),
+            ..config.breaker.clone()
+        },
+        ..defaults
+    }
 }
 
 impl EmbeddedPipeline {
     /// Builds the stack and starts the receiver and the worker. Must be called within a tokio runtime.
     pub async fn start(config: &PipelineConfig) -> std::io::Result<EmbeddedPipeline> {
         let metrics = metrics_handle();
-        let stack = EmbeddedStack::new(StackConfig::default());
+        let worker_config = worker_config(config);
+        let stack = EmbeddedStack::new(StackConfig {
+            visibility_timeout: worker_config.visibility_timeout,
+            ..StackConfig::default()
+        });
         let ledger = Arc::new(EmbeddedLedger::default());
-        let payment = config.payment.clone();
         let stop = CancellationToken::new();
 
         let receiver_config = receiver::Config {
             sync_timeout: config.sync_timeout,
-            payment: payment.clone(),
+            payment: config.payment.clone(),
             payment_slots: 1,
             shutdown_deadline: Duration::from_secs(2),
             ..receiver::Config::default()
@@ -132,13 +179,6 @@ impl EmbeddedPipeline {
         };
         let receiver_task = tokio::spawn(receiver::run(listener, state, stop.clone().cancelled_owned()));
 
-        let worker_config = WorkerConfig {
-            consumers: config.consumers,
-            gate_mode: config.gate_mode,
-            payment,
-            shutdown_deadline: Duration::from_secs(2),
-            ..WorkerConfig::default()
-        };
         static PIPELINES: AtomicU32 = AtomicU32::new(0);
         let worker_threads = format!("{WORKER_THREAD_PREFIX}{}", PIPELINES.fetch_add(1, Ordering::Relaxed));
         let worker_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -148,7 +188,11 @@ impl EmbeddedPipeline {
             .build()?;
         let worker = {
             let _inside = worker_runtime.enter();
-            Worker::new(worker_config, Arc::new(stack.queue.clone()), Arc::clone(&ledger) as Arc<dyn Ledger>)
+            Worker::new(
+                worker_config.clone(),
+                Arc::new(stack.queue.clone()),
+                Arc::clone(&ledger) as Arc<dyn Ledger>,
+            )
         };
         let handle = worker.handle();
         let worker_http = match config.worker_port {
@@ -167,27 +211,56 @@ impl EmbeddedPipeline {
             }
             None => None,
         };
-        let worker_task = {
-            let stop = stop.clone();
-            worker_runtime.spawn(async move {
-                if let Err(error) = worker.run(stop.cancelled_owned()).await {
-                    tracing::error!(%error, "worker stopped with an error");
-                }
-            })
-        };
+        let task = spawn_worker(&worker_runtime, worker, &stop);
         Ok(EmbeddedPipeline {
             receiver,
             receiver_admin,
             worker_http,
             stack,
             ledger,
-            worker: handle,
+            worker: Arc::new(Mutex::new(RunningWorker { handle, task: Some(task), crashed: Vec::new() })),
+            worker_config,
+            gateway_outage: AtomicBool::new(false),
             stop,
             receiver_task,
-            worker_task,
             worker_runtime,
             worker_threads,
         })
+    }
+
+    /// Crashes the worker, as a killed process would (its task is aborted: no graceful stop, no release of its
+    /// messages), and starts a new one on the same queue and ledger, in the gateway state of its predecessor.
+    /// Its HTTP port (if served) keeps showing the crashed one.
+    pub fn crash_worker(&self) {
+        let worker = {
+            let _inside = self.worker_runtime.enter();
+            Worker::new(
+                WorkerConfig { worker_id: worker::default_worker_id(), ..self.worker_config.clone() },
+                Arc::new(self.stack.queue.clone()),
+                Arc::clone(&self.ledger) as Arc<dyn Ledger>,
+            )
+        };
+        let handle = worker.handle();
+        handle.set_gateway_outage(self.gateway_outage.load(Ordering::Relaxed));
+        let task = spawn_worker(&self.worker_runtime, worker, &self.stop);
+        let mut running = lock(&self.worker);
+        if let Some(crashing) = running.task.replace(task) {
+            crashing.abort();
+        }
+        let crashed = std::mem::replace(&mut running.handle, handle);
+        running.crashed.push(crashed);
+    }
+
+    /// Turns the simulated payment-gateway outage on or off, for this worker and any that replaces it.
+    pub fn set_gateway_outage(&self, on: bool) {
+        self.gateway_outage.store(on, Ordering::Relaxed);
+        lock(&self.worker).handle.set_gateway_outage(on);
+    }
+
+    /// Every worker this pipeline ran, the crashed ones first and the running one last.
+    pub fn worker_history(&self) -> Vec<WorkerHandle> {
+        let running = lock(&self.worker);
+        running.crashed.iter().cloned().chain([running.handle.clone()]).collect()
     }
 
     /// CPU time used so far by this pipeline's worker runtime (Linux; `None` elsewhere or when unreadable).
@@ -195,16 +268,16 @@ impl EmbeddedPipeline {
         thread_cpu_time(&self.worker_threads)
     }
 
-    /// The worker's handle (stats, outage switch).
-    pub fn worker(&self) -> &WorkerHandle {
-        &self.worker
+    /// The running worker's handle (stats, outage switch).
+    pub fn worker(&self) -> WorkerHandle {
+        lock(&self.worker).handle.clone()
     }
 
-    /// Probes reading the embedded queue and the in-process worker.
+    /// Probes reading the embedded queue and the in-process worker (whichever is running).
     pub fn probes(&self) -> Probes {
         Probes {
             queue: Some(Arc::new(self.stack.queue.clone())),
-            worker: Some(Arc::new(InProcessWorker(self.worker.clone()))),
+            worker: Some(Arc::new(InProcessWorker(Arc::clone(&self.worker)))),
         }
     }
 
@@ -214,18 +287,40 @@ impl EmbeddedPipeline {
         if let Ok(Err(error)) = self.receiver_task.await {
             tracing::warn!(%error, "receiver stopped with an error");
         }
-        let _ = self.worker_task.await;
+        let task = lock(&self.worker).task.take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
         self.worker_runtime.shutdown_background();
     }
 }
 
-/// The worker's stats straight from its handle, as the same JSON `/stats` serves.
-struct InProcessWorker(WorkerHandle);
+/// Runs `worker` on the pipeline's worker runtime until `stop`.
+fn spawn_worker(
+    runtime: &tokio::runtime::Runtime,
+    worker: Worker,
+    stop: &CancellationToken,
+) -> JoinHandle<()> {
+    let stop = stop.clone();
+    runtime.spawn(async move {
+        if let Err(error) = worker.run(stop.cancelled_owned()).await {
+            tracing::error!(%error, "worker stopped with an error");
+        }
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The running worker's stats straight from its handle, as the same JSON `/stats` serves.
+struct InProcessWorker(Arc<Mutex<RunningWorker>>);
 
 #[async_trait]
 impl WorkerStatsSource for InProcessWorker {
     async fn stats(&self) -> Option<serde_json::Value> {
-        serde_json::to_value(self.0.stats()).ok()
+        let handle = lock(&self.0).handle.clone();
+        serde_json::to_value(handle.stats()).ok()
     }
 }
 

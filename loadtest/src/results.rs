@@ -44,6 +44,14 @@ pub struct ResultsDocument {
     pub comparisons: Vec<Comparison>,
     /// The worker-scaling sweep (`scale` only).
     pub scaling: Vec<ScalingPoint>,
+    /// The autoscaling simulation's settings and one result per policy (`autoscale` only; absent in
+    /// documents written before it existed).
+    #[serde(default)]
+    pub autoscale: Option<AutoscaleReport>,
+    /// The outage experiment, with and without the circuit breaker (`outage` only; absent in documents written
+    /// before it existed).
+    #[serde(default)]
+    pub outage: Option<crate::outage::OutageReport>,
 }
 
 impl ResultsDocument {
@@ -61,6 +69,8 @@ impl ResultsDocument {
             runs: Vec::new(),
             comparisons: Vec::new(),
             scaling: Vec::new(),
+            autoscale: None,
+            outage: None,
         }
     }
 }
@@ -266,6 +276,154 @@ pub struct ScalingPoint {
     pub kept_up: bool,
 }
 
+/// `autoscale`: the simulated worker fleet's settings, the Terraform variables they correspond to, and one
+/// result per scaling policy. Times are lab time (`*_lab_s`: the run's clock × K), since scaling is about
+/// minutes of the real service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoscaleReport {
+    /// The fleet and policy settings, lab time.
+    pub settings: AutoscaleSettingsReport,
+    /// The `terraform/variables.tf` variables these settings correspond to, in `-var` form.
+    pub terraform: Vec<TerraformVariable>,
+    /// One result per policy, in the order they ran.
+    pub policies: Vec<PolicyResult>,
+}
+
+/// The simulation's settings, lab time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoscaleSettingsReport {
+    /// Consumers per task.
+    pub consumers_per_task: usize,
+    /// Payment latency, seconds (one order's processing time).
+    pub payment_latency_s: f64,
+    /// Fewest tasks.
+    pub min_tasks: usize,
+    /// Most tasks.
+    pub max_tasks: usize,
+    /// Acceptable queueing latency, seconds.
+    pub acceptable_latency_s: f64,
+    /// Backlog-per-task target: acceptable latency × consumers ÷ payment latency.
+    pub backlog_per_task_target: f64,
+    /// The CPU policy's target, percent.
+    pub cpu_target_percent: f64,
+    /// Scale-out cooldown, seconds.
+    pub scale_out_cooldown_s: f64,
+    /// Scale-in cooldown, seconds.
+    pub scale_in_cooldown_s: f64,
+    /// One datapoint per this many seconds.
+    pub metric_period_s: f64,
+    /// Seconds from a datapoint's end to the policy seeing it.
+    pub metric_delay_s: f64,
+    /// Datapoints above the target before a scale-out.
+    pub scale_out_datapoints: usize,
+    /// Datapoints below 90 % of the target before a scale-in.
+    pub scale_in_datapoints: usize,
+    /// Seconds from a scale-out to the new task taking orders.
+    pub startup_delay_s: f64,
+    /// Seconds the simulation watches after the queue drained (unless back at the minimum sooner).
+    pub after_drain_s: f64,
+}
+
+/// One Terraform variable and the value that reproduces a setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TerraformVariable {
+    /// The variable's name in `terraform/variables.tf`.
+    pub name: String,
+    /// Its value.
+    pub value: f64,
+}
+
+/// What one scaling policy did with the load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyResult {
+    /// `backlog-per-task` or `cpu`.
+    pub policy: String,
+    /// What the policy tracks, in words.
+    pub metric: String,
+    /// The metric's target value (orders per task, or percent).
+    pub target: f64,
+    /// The name of the load run (in `runs`) this policy's fleet drained.
+    pub run: String,
+    /// Most tasks running at once.
+    pub peak_tasks: usize,
+    /// When that many first ran, lab seconds since the load began.
+    pub peak_tasks_at_lab_s: f64,
+    /// Largest backlog (visible + in flight) sampled.
+    pub peak_backlog: u64,
+    /// When, lab seconds since the load began.
+    pub peak_backlog_at_lab_s: f64,
+    /// The oldest message's greatest age (CloudWatch `ApproximateAgeOfOldestMessage`), lab seconds.
+    pub oldest_message_age_lab_s: f64,
+    /// When the load ended, lab seconds.
+    pub load_end_lab_s: f64,
+    /// Whether the queue drained before the watch ended.
+    pub drained: bool,
+    /// From the end of the load to an empty queue, lab seconds (`None`: it did not drain).
+    pub drain_lab_s: Option<f64>,
+    /// Tasks × minutes over the whole watch, starting and stopping tasks included (Fargate bills from the
+    /// image pull to the stop): the cost.
+    pub task_minutes: f64,
+    /// How long the watch lasted, lab seconds since the load began.
+    pub observed_lab_s: f64,
+    /// Whether the fleet was back at its minimum when the watch ended (else task-minutes stop short of it).
+    pub ended_at_min: bool,
+    /// Orders the receiver accepted.
+    pub accepted: u64,
+    /// Orders the fleet settled (paid or declined).
+    pub processed: u64,
+    /// Messages in the dead-letter queue at the end.
+    pub dead_lettered: u64,
+    /// Every change of the desired task count.
+    pub decisions: Vec<ScalingDecision>,
+    /// The fleet timeline CSV's file name, in the same directory.
+    pub timeline_csv: String,
+    /// The fleet timeline (written to CSV, not to JSON).
+    #[serde(skip)]
+    pub timeline: Vec<FleetPoint>,
+}
+
+/// A change of the desired task count.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScalingDecision {
+    /// When the datapoint that caused it arrived, lab seconds.
+    pub at_lab_s: f64,
+    /// That datapoint's value.
+    pub metric: f64,
+    /// Desired tasks before.
+    pub from_tasks: usize,
+    /// Desired tasks after.
+    pub to_tasks: usize,
+}
+
+/// One row of a fleet timeline CSV. Lab time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetPoint {
+    /// Lab seconds since the load began.
+    pub t_lab_s: f64,
+    /// Load, or drain (after the load).
+    pub phase: Phase,
+    /// Tasks the policy wants.
+    pub desired_tasks: usize,
+    /// Tasks starting (not yet taking orders).
+    pub starting_tasks: usize,
+    /// Tasks taking orders.
+    pub running_tasks: usize,
+    /// Tasks shutting down after a scale-in.
+    pub stopping_tasks: usize,
+    /// Messages waiting.
+    pub queue_visible: u64,
+    /// Messages being processed.
+    pub queue_in_flight: u64,
+    /// Visible + in flight.
+    pub queue_backlog: u64,
+    /// The oldest message's age, lab seconds (empty when the queue is).
+    pub oldest_age_lab_s: Option<f64>,
+    /// Busy consumers of the running tasks over their consumers, percent (the CPU policy's metric).
+    pub cpu_percent: f64,
+    /// Orders the fleet has settled so far.
+    pub processed: u64,
+}
+
 /// Whether a timeline row belongs to the load or to the drain after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -323,6 +481,11 @@ pub fn write_all(dir: &Path, document: &ResultsDocument, report_html: &str) -> s
     for run in &document.runs {
         let path = dir.join(&run.timeline_csv);
         render::csv::write_timeline(&path, &run.timeline)?;
+        written.push(path);
+    }
+    for policy in document.autoscale.iter().flat_map(|report| &report.policies) {
+        let path = dir.join(&policy.timeline_csv);
+        render::autoscale::write_fleet_timeline(&path, &policy.timeline)?;
         written.push(path);
     }
     let json = dir.join("results.json");

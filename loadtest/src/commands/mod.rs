@@ -17,8 +17,11 @@ use crate::render;
 use crate::results::{ResultsDocument, write_all};
 use crate::scenario::TimeScale;
 
+pub mod autoscale;
 pub mod compare;
+pub mod dlq;
 pub mod infra;
+pub mod outage;
 pub mod run;
 pub mod scale;
 pub mod up;

@@ -67,6 +67,8 @@ pub fn report(document: &ResultsDocument) -> String {
     if !document.scaling.is_empty() {
         html.push_str(&scaling_section(document));
     }
+    html.push_str(&super::autoscale::html_section(document));
+    html.push_str(&super::outage::html_section(document));
     for run in &document.runs {
         html.push_str(&run_section(run));
     }
@@ -321,6 +323,38 @@ fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// A named series for [`series_chart`]: its name, RGB colour and (x, y) points.
+pub(super) struct ChartSeries {
+    pub(super) name: String,
+    pub(super) rgb: (u8, u8, u8),
+    pub(super) points: Vec<(f64, f64)>,
+}
+
+/// A line chart for another report section (see [`super::autoscale`]), with a dashed vertical line at
+/// `marker_x` when given.
+pub(super) fn series_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[ChartSeries],
+    marker_x: Option<f64>,
+) -> String {
+    let series: Vec<Series> = series
+        .iter()
+        .map(|s| Series {
+            name: s.name.clone(),
+            color: RGBColor(s.rgb.0, s.rgb.1, s.rgb.2),
+            points: s.points.clone(),
+        })
+        .collect();
+    line_chart_x(title, x_label, y_label, &series, marker_x)
+}
+
+/// Text escaped for HTML, for another report section.
+pub(super) fn escape_text(text: &str) -> String {
+    escape(text)
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
-//! loadtest's integration tests, one binary: the embedded pipeline under load, the quick experiment end to
-//! end, idempotency keys through a run and its results, and `infra` against moto server.
+//! loadtest's integration tests, one binary: the embedded pipeline under load, the quick experiments end to
+//! end (compare, autoscale, outage), idempotency keys through a run and its results, and `infra` against moto server.
 
+mod autoscale;
 mod compare;
+mod dlq;
 mod helpers;
 mod idempotency;
 mod infra;
+mod outage;
 mod pipeline;
