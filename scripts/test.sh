@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: every test of the workspace, including the ones that need an SNS/SQS implementation.
 #
+# Installs Debian's Chromium for the browser tests if it is missing (exported as CHROMIUM).
 # Starts moto server (a real third-party SNS/SQS implementation, from PyPI) on a free loopback port, exports
 # MOTO_ENDPOINT for the tests that need it, builds the binaries the end-to-end tests start as separate processes,
 # runs `cargo test --workspace --no-fail-fast -- --include-ignored` (extra arguments are passed to the test
@@ -22,6 +23,15 @@ if [[ ! -x "$venv/bin/moto_server" ]]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]'
 fi
+
+# Debian's Chromium for the browser tests (the dashboard and the HTML report), as root on a fresh machine.
+if [[ ! -x /usr/bin/chromium ]]; then
+  echo "test.sh: installing chromium (apt) for the browser tests" >&2
+  if ! apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; then
+    apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null
+  fi
+fi
+export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 
 # Ask the kernel for a free port (another process may hold moto's usual 5000 or LocalStack's 4566).
 port="$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"

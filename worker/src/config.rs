@@ -259,6 +259,10 @@ pub struct BreakerArgs {
         value_parser = clap::value_parser!(u32).range(1..),
     )]
     pub breaker_probes: u32,
+    /// Start with the breaker closed instead of half-open: take full batches at once rather than proving the
+    /// gateway with the probes first (a worker restarted during an outage then spends a window's receives).
+    #[arg(long, env = "BREAKER_START_CLOSED")]
+    pub breaker_start_closed: bool,
 }
 
 impl BreakerArgs {
@@ -272,7 +276,7 @@ impl BreakerArgs {
             open_wait: self.breaker_open_wait,
             max_open_wait: self.breaker_max_open_wait,
             probes: self.breaker_probes as usize,
-            ..BreakerConfig::default()
+            start_probing: !self.breaker_start_closed,
         }
     }
 }

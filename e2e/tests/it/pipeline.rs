@@ -73,6 +73,8 @@ fn worker_args(stack: &Stack, consumers: u32, payment_latency: &str, visibility:
     ]
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_owned(), value])
+    // Full batches from the start: the tests count payments in flight from the first receive.
+    .chain(["--breaker-start-closed".to_owned()])
     .collect()
 }
 
