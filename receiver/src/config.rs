@@ -75,6 +75,10 @@ pub struct Config {
     /// (24 h, as Stripe keeps keys): a client retrying within it never creates a second order.
     #[arg(long, env = "IDEMPOTENCY_RETENTION", default_value = defaults::duration(Config::default().idempotency_retention), value_parser = humantime::parse_duration)]
     pub idempotency_retention: Duration,
+    /// How long one read of the worker registry serves the ETAs of `GET /orders/{id}`: under any lookup load the
+    /// registry is read about once per this per receiver, and an estimate is at most this much older than it.
+    #[arg(long, env = "FLEET_REFRESH", default_value = defaults::duration(Config::default().fleet_refresh), value_parser = humantime::parse_duration)]
+    pub fleet_refresh: Duration,
 }
 
 impl Default for Config {
@@ -95,6 +99,7 @@ impl Default for Config {
             retry_after: Duration::from_secs(1),
             shutdown_deadline: Duration::from_secs(20),
             idempotency_retention: ledger::idempotency::DEFAULT_KEY_RETENTION,
+            fleet_refresh: Duration::from_secs(1),
         }
     }
 }

@@ -57,12 +57,9 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// How long a read of the worker registry serves order ETAs (1 s): under any lookup load the registry is
-/// read about once a second per receiver, and an estimate is at most that much older than the registry.
-pub(crate) const FLEET_REFRESH: Duration = Duration::from_secs(1);
-
-/// The last read of the worker registry, shared by every lookup until it is [`FLEET_REFRESH`] old. One
-/// lookup refreshes it; the others meanwhile answer from the previous read (or wait for the first).
+/// The last read of the worker registry, shared by every lookup until it is
+/// [`fleet_refresh`](crate::Config::fleet_refresh) old. One lookup refreshes it; the others meanwhile answer
+/// from the previous read (or wait for the first).
 #[derive(Default)]
 struct FleetCache {
     last: std::sync::Mutex<Option<(Instant, Arc<[WorkerEntry]>)>>,
@@ -71,33 +68,39 @@ struct FleetCache {
 
 impl FleetCache {
     /// The cached fleet while it is fresh (`stale_ok`: whatever is cached).
-    fn cached(&self, stale_ok: bool) -> Option<Arc<[WorkerEntry]>> {
+    /// The cached fleet while it is younger than `refresh` (`None`: whatever is cached).
+    fn cached(&self, refresh: Option<Duration>) -> Option<Arc<[WorkerEntry]>> {
         let last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let (read_at, fleet) = last.as_ref()?;
-        (stale_ok || read_at.elapsed() < FLEET_REFRESH).then(|| Arc::clone(fleet))
+        refresh.is_none_or(|refresh| read_at.elapsed() < refresh).then(|| Arc::clone(fleet))
     }
 
-    async fn fleet(&self, registry: &dyn WorkerRegistry, timeout: Duration) -> Arc<[WorkerEntry]> {
-        if let Some(fresh) = self.cached(false) {
+    async fn fleet(
+        &self,
+        registry: &dyn WorkerRegistry,
+        timeout: Duration,
+        refresh: Duration,
+    ) -> Arc<[WorkerEntry]> {
+        if let Some(fresh) = self.cached(Some(refresh)) {
             return fresh;
         }
         let _refreshing = match self.refreshing.try_lock() {
             Ok(guard) => guard,
-            Err(_) => match self.cached(true) {
+            Err(_) => match self.cached(None) {
                 Some(stale) => return stale,
                 None => self.refreshing.lock().await,
             },
         };
-        if let Some(fresh) = self.cached(false) {
+        if let Some(fresh) = self.cached(Some(refresh)) {
             return fresh;
         }
         let fleet: Arc<[WorkerEntry]> =
             match records::call(Operation::Fleet, timeout, registry.fleet(Utc::now())).await {
                 Ok(fleet) => fleet.into(),
                 Err(error) => {
-                    // Retried after FLEET_REFRESH: until then ETAs come from the previous read, if any.
+                    // Retried after `refresh`: until then ETAs come from the previous read, if any.
                     tracing::warn!(%error, "the worker registry could not be read; ETAs use the last read");
-                    self.cached(true).unwrap_or_else(|| Arc::from(Vec::new()))
+                    self.cached(None).unwrap_or_else(|| Arc::from(Vec::new()))
                 }
             };
         *self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
@@ -203,14 +206,15 @@ impl AppState {
     }
 
     /// When `order` will probably be settled ([`ledger::eta::estimate`]), from the worker registry read at
-    /// most once per [`FLEET_REFRESH`]; `None` once it is settled, or when the fleet gives no estimate. A
+    /// most once per [`fleet_refresh`](crate::Config::fleet_refresh); `None` once it is settled, or when the fleet gives no estimate. A
     /// settled order costs no registry read.
     pub(crate) async fn eta(&self, order: &OrderRecord) -> Option<DateTime<Utc>> {
         if order.is_settled() {
             return None;
         }
         let registry = self.shared.ledger.registry()?;
-        let fleet = self.shared.fleet.fleet(registry, self.config().ledger_timeout).await;
+        let config = self.config();
+        let fleet = self.shared.fleet.fleet(registry, config.ledger_timeout, config.fleet_refresh).await;
         ledger::eta::estimate(order, &fleet, Utc::now())
     }
 
