@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::autoscaling::AutoscaleSettings;
 use crate::commands;
+use crate::dashboard::{Follow, Source};
 use crate::outage::OutageSettings;
 use crate::pipeline::PipelineConfig;
 use crate::render;
@@ -35,6 +36,20 @@ pub struct Cli {
     /// Log format on stderr: text or json.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = service_shell::LogFormat::Text, global = true)]
     pub log_format: service_shell::LogFormat,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub dashboard: DashboardFlags,
+}
+
+/// The live dashboard that `up`, `run`, `compare`, `scale`, `outage` and `autoscale` start beside their work.
+#[derive(Debug, Clone, Args)]
+pub struct DashboardFlags {
+    /// Loopback port of the live dashboard (0: any free port). `loadtest dashboard` serves on it too.
+    #[arg(long, env = "LOADTEST_DASHBOARD_PORT", default_value_t = crate::dashboard::DEFAULT_PORT, global = true)]
+    pub dashboard_port: u16,
+    /// Do not start the live dashboard beside the command.
+    #[arg(long, env = "LOADTEST_NO_DASHBOARD", global = true)]
+    pub no_dashboard: bool,
 }
 
 /// The commands.
@@ -59,6 +74,38 @@ pub enum Command {
     /// Look at the dead-letter queue, or move it back to the orders queue: SQS with --queue-url, else the
     /// embedded pipeline of a running `loadtest up` (through its control API).
     Dlq(DlqArgs),
+    /// The live dashboard of a deployed stack (backlog, rates, latency, workers, order lookup, DLQ), on
+    /// loopback (--dashboard-port). The other commands start it for their own pipeline.
+    Dashboard(DashboardArgs),
+}
+
+/// `dashboard`: what to watch; each address given fills its panels.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Base URL of the deployed receiver: order lookups (forwarded to its GET /orders/{id}) when no --table.
+    #[arg(long, env = "LOADTEST_TARGET")]
+    pub target: Option<String>,
+    /// SQS URL of the orders queue: the backlog. Credentials, region and AWS_ENDPOINT_URL come from the
+    /// standard AWS chain.
+    #[arg(long, env = "ORDERS_QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// SQS URL of its dead-letter queue: the DLQ's list and redrive (with --queue-url).
+    #[arg(long, env = "ORDERS_DLQ_URL", requires = "queue_url")]
+    pub dlq_url: Option<String>,
+    /// The ledger's DynamoDB table: the worker registry, and order lookups with their ETA.
+    #[arg(long, env = "ORDERS_TABLE")]
+    pub table: Option<String>,
+    /// Base URL of a deployed worker: its /stats (settled counts, end-to-end latency).
+    #[arg(long, env = "WORKER_URL")]
+    pub worker_url: Option<String>,
+    /// Time between two samples (each is an SQS call, a DynamoDB read and an HTTP call).
+    #[arg(
+        long,
+        env = "LOADTEST_DASHBOARD_INTERVAL",
+        default_value = service_shell::defaults::duration(crate::dashboard::DEPLOYED_INTERVAL),
+        value_parser = humantime::parse_duration,
+    )]
+    pub interval: Duration,
 }
 
 /// Where the load goes (default: a pipeline in this process).
@@ -615,7 +662,18 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         });
     }
     let progress = !cli.no_progress;
-    match cli.command {
+    let dashboard = match &cli.command {
+        Command::Up(_) | Command::Outage(_) | Command::Autoscale(_) => {
+            commands::dashboard::start_beside(&cli.dashboard, Source::Embedded(Follow::Newest))
+        }
+        Command::Run(RunArgs { target, .. })
+        | Command::Compare(CompareArgs { target, .. })
+        | Command::Scale(ScaleArgs { target, .. }) => {
+            commands::dashboard::start_beside(&cli.dashboard, commands::dashboard::source_for(target))
+        }
+        Command::Infra(_) | Command::Dlq(_) | Command::Dashboard(_) => None,
+    };
+    let outcome = match cli.command {
         Command::Up(args) => {
             let config = args.pipeline.config();
             commands::up::up(&args, config, &stop).await
@@ -662,7 +720,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Infra(args) => commands::infra::infra(args).await,
         Command::Dlq(args) => commands::dlq::dlq(args).await,
+        Command::Dashboard(args) => commands::dashboard::dashboard(&args, &cli.dashboard, &stop).await,
+    };
+    if let Some(dashboard) = dashboard {
+        commands::dashboard::finish(dashboard).await;
     }
+    outcome
 }
 
 #[cfg(test)]

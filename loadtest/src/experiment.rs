@@ -1,23 +1,34 @@
 //! Where an experiment's runs go — a fresh embedded pipeline per run, or a deployed stack — and how one run of
 //! a lab scenario is set up on a time scale.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use hyper::Method;
+use ledger::embedded::EmbeddedLedger;
+use ledger::registry::WorkerRegistry;
 use loadgen::LoadModel;
+use loadgen::client::Connection;
 use loadgen::client::Target;
 use loadgen::idempotency::RetryPolicy;
-use orders::PaymentConfig;
+use orders::{OrderStatus, PaymentConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{self, EmbeddedPipeline, PipelineConfig};
 use crate::probe::Probes;
-use crate::results::RunResult;
+use crate::results::{EtaReport, RunResult};
 use crate::runner::{self, DrainPlan, RunPlan};
 use crate::scenario::{TimeScale, order_bodies};
 
 /// How many different order bodies a run rotates through.
 const ORDER_BODIES: usize = 256;
+
+/// How often, in lab time, a watched drain asks the receiver for one unsettled order's `eta`: often enough
+/// for a few hundred samples in a lab drain of minutes, rarely enough to cost nothing.
+const ETA_SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 /// The system under test.
 #[derive(Clone)]
@@ -38,6 +49,18 @@ pub enum Environment {
 }
 
 impl Environment {
+    /// This environment with the embedded worker's and queue's own clocks (visibility timeout, backoffs, the
+    /// registry's heartbeats) on time scale `k`, so that order ETAs, built from heartbeats, keep pace with the
+    /// run. Without failures the other timings only act on stalls; a deployed stack is returned unchanged.
+    pub fn with_scaled_worker_clocks(&self, k: f64) -> Environment {
+        match self {
+            Environment::Embedded(config) => {
+                Environment::Embedded(PipelineConfig { timings_scale: k, ..config.clone() })
+            }
+            deployed => deployed.clone(),
+        }
+    }
+
     /// `embedded` or the target URL.
     pub fn describe(&self) -> String {
         match self {
@@ -141,7 +164,29 @@ pub async fn run(
             let began = Instant::now();
             let pipeline = EmbeddedPipeline::start(&config).await?;
             let plan = plan(Target::local(pipeline.receiver), config.consumers, config.payment.latency);
-            let result = runner::execute(&plan, &pipeline.probes(), stop).await;
+            let etas = (plan.drain.is_some() && request.mode == "async").then(|| {
+                let sampler = EtaSampler {
+                    ledger: Arc::clone(&pipeline.ledger),
+                    receiver: pipeline.receiver,
+                    after: plan.model.duration(),
+                    every: scale.duration(ETA_SAMPLE_EVERY),
+                    stop: stop.child_token(),
+                };
+                let done = sampler.stop.clone();
+                (tokio::spawn(sampler.run()), done)
+            });
+            let mut result = runner::execute(&plan, &pipeline.probes(), stop).await;
+            if let Some((task, done)) = etas {
+                done.cancel();
+                if let Ok(samples) = task.await {
+                    result.eta = Some(samples.report(&pipeline.ledger));
+                }
+            }
+            if let Some(service_ms) = mean_service_time_ms(&pipeline.ledger).await
+                && let Some(drain) = result.queue.as_mut().and_then(|queue| queue.drain.as_mut())
+            {
+                *drain = drain.with_service_time(service_ms);
+            }
             let worker_cpu_cores =
                 pipeline.worker_cpu_time().map(|cpu| cpu.as_secs_f64() / began.elapsed().as_secs_f64());
             let rss_mib = pipeline::resident_mib();
@@ -153,5 +198,120 @@ pub async fn run(
             let result = runner::execute(&plan, probes, stop).await;
             Ok(RunOutcome { result, worker_cpu_cores: None, rss_mib: None })
         }
+    }
+}
+
+/// The consumers' mean service time (receipt to settlement) over the worker's last minute, ms: the worker sums
+/// every settled order's processing time and count, and heartbeats their ratio into the ledger's registry.
+/// That is an exact mean of every order, where the `/stats` histogram only gives percentiles, and
+/// consumers × drain ÷ orders would only restate the measured drain.
+async fn mean_service_time_ms(ledger: &EmbeddedLedger) -> Option<f64> {
+    let fleet = ledger.fleet(Utc::now()).await.ok()?;
+    let (sum, settled) = fleet
+        .iter()
+        .filter_map(|entry| Some((entry.service_time? * entry.rate, entry.rate)))
+        .fold((0.0, 0.0), |(sum, weight), (value, rate)| (sum + value, weight + rate));
+    (settled > 0.0).then(|| sum / settled * 1000.0)
+}
+
+/// Asks the receiver for random unsettled orders' `eta` while a queue drains.
+struct EtaSampler {
+    ledger: Arc<EmbeddedLedger>,
+    receiver: SocketAddr,
+    /// When the drain begins: the load's length on the run's clock.
+    after: Duration,
+    every: Duration,
+    stop: CancellationToken,
+}
+
+/// What the sampler collected: (order, asked at, eta) per estimate, and the lookups that gave none.
+struct EtaSamples {
+    estimates: Vec<(uuid::Uuid, DateTime<Utc>, DateTime<Utc>)>,
+    null_etas: usize,
+}
+
+impl EtaSampler {
+    async fn run(self) -> EtaSamples {
+        let mut samples = EtaSamples { estimates: Vec::new(), null_etas: 0 };
+        tokio::select! {
+            _ = tokio::time::sleep(self.after) => {}
+            _ = self.stop.cancelled() => return samples,
+        }
+        // The backlog when the load ended, oldest first: the queue is worked roughly in that order, so orders
+        // before the last one found settled are skipped.
+        let mut backlog: Vec<_> = self
+            .ledger
+            .records()
+            .into_iter()
+            .filter(|record| matches!(record.status, OrderStatus::Pending | OrderStatus::Processing))
+            .map(|record| (record.accepted_at, record.order_id))
+            .collect();
+        backlog.sort();
+        let target = Target::local(self.receiver);
+        let mut connection = Connection::new(self.receiver);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut first_unsettled = 0;
+        let mut ticker = tokio::time::interval(self.every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while first_unsettled < backlog.len() {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = self.stop.cancelled() => break,
+            }
+            // A few tries per tick: a pick may have settled since.
+            for _ in 0..4 {
+                if first_unsettled >= backlog.len() {
+                    break;
+                }
+                let index = rng.usize(first_unsettled..backlog.len());
+                let order_id = backlog[index].1;
+                let request =
+                    target.request(Method::GET, &format!("/orders/{order_id}"), Vec::new()).build(0);
+                let asked_at = Utc::now();
+                let Ok((status, body)) = connection.fetch(request, Duration::from_secs(2)).await else {
+                    break;
+                };
+                let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&body) else { break };
+                if !status.is_success() {
+                    break;
+                }
+                let pending = matches!(answer["status"].as_str(), Some("pending" | "processing"));
+                if !pending {
+                    first_unsettled = first_unsettled.max(index + 1);
+                    continue;
+                }
+                match answer["eta"].as_str().and_then(|eta| DateTime::parse_from_rfc3339(eta).ok()) {
+                    Some(eta) => samples.estimates.push((order_id, asked_at, eta.with_timezone(&Utc))),
+                    None => samples.null_etas += 1,
+                }
+                break;
+            }
+        }
+        samples
+    }
+}
+
+impl EtaSamples {
+    /// Each estimate against the time its order settled (the ledger record's last write).
+    fn report(&self, ledger: &EmbeddedLedger) -> EtaReport {
+        let settled: HashMap<uuid::Uuid, DateTime<Utc>> = ledger
+            .records()
+            .into_iter()
+            .filter(|record| matches!(record.status, OrderStatus::Completed | OrderStatus::Declined))
+            .map(|record| (record.order_id, record.updated_at))
+            .collect();
+        let mut errors = Vec::new();
+        let mut unsettled = 0;
+        for (order_id, asked_at, eta) in &self.estimates {
+            let Some(&actual) = settled.get(order_id) else {
+                unsettled += 1;
+                continue;
+            };
+            let wait = (actual - *asked_at).as_seconds_f64();
+            if wait > 0.0 {
+                errors.push(((*eta - actual).as_seconds_f64() / wait, wait));
+            }
+        }
+        EtaReport::of(&errors, self.null_etas, unsettled)
     }
 }

@@ -13,10 +13,13 @@
 //!   `outage`.
 //! - [`autoscaling`]: the worker fleet's autoscaling (backlog per task vs CPU) simulated on the embedded
 //!   stack, for `autoscale`.
+//! - [`dashboard`]: the live web page of the pipeline (Server-Sent Events on loopback), which `up`, `run`,
+//!   `compare`, `scale`, `outage` and `autoscale` start, and `dashboard` serves for a deployed stack.
 
 pub mod autoscaling;
 pub mod cli;
 pub mod commands;
+pub mod dashboard;
 pub mod experiment;
 pub mod outage;
 pub mod pipeline;

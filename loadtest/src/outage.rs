@@ -20,7 +20,7 @@ use orders::{OrderStatus, PaymentConfig, WireMessage};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
-use worker::{BreakerConfig, WorkerHandle};
+use worker::BreakerConfig;
 
 use crate::experiment::{Environment, ExperimentSettings};
 use crate::pipeline::{EmbeddedPipeline, PipelineConfig};
@@ -270,8 +270,7 @@ async fn variant(
         let net = drain_per_s - arrivals_per_s;
         (net > 0.0).then(|| backlog as f64 / net * k)
     });
-    let sum =
-        |pick: fn(&worker::WorkerStats) -> u64| workers.iter().map(|w: &WorkerHandle| pick(&w.stats())).sum();
+    let sum = |pick: fn(&worker::WorkerStats) -> u64| workers.iter().map(pick).sum();
     let run = OutageRun {
         variant: name.to_owned(),
         run: result.name.clone(),
@@ -288,7 +287,7 @@ async fn variant(
         crashes: crashes.load(Ordering::Relaxed),
         breaker_transitions: sum(|stats| stats.breaker.transitions),
         breaker_opened: sum(|stats| stats.breaker.opened),
-        breaker_open_s: workers.iter().map(|w| w.stats().breaker.time_open_ms as f64 / 1000.0 * k).sum(),
+        breaker_open_s: workers.iter().map(|stats| stats.breaker.time_open_ms as f64 / 1000.0 * k).sum(),
         peak_backlog: result.queue.map_or(0, |queue| queue.peak_backlog),
         backlog_at_recovery: recovery.backlog,
         detection_s: recovery.falling_after_s.map(|seconds| seconds * k),

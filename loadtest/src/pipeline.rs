@@ -50,9 +50,10 @@ pub struct PipelineConfig {
     pub worker_port: Option<u16>,
     /// The worker's circuit breaker, in lab time.
     pub breaker: BreakerConfig,
-    /// K for the queue's and the worker's own clocks: the visibility timeout, retry and poll backoffs and the
-    /// breaker's waits are divided by it. 1 keeps the deployed values; experiments whose outcome depends on
-    /// retries (an outage) set the run's time scale.
+    /// K for the queue's and the worker's own clocks: the visibility timeout, retry and poll backoffs, the
+    /// breaker's waits, the worker registry's heartbeat interval and the receiver's registry reads are divided
+    /// by it. 1 keeps the deployed
+    /// values; time-scaled experiments set the run's time scale (order ETAs need heartbeats on the run's clock).
     pub timings_scale: f64,
 }
 
@@ -105,7 +106,8 @@ struct RunningWorker {
     handle: WorkerHandle,
     /// `None` once taken by shutdown.
     task: Option<JoinHandle<()>>,
-    crashed: Vec<WorkerHandle>,
+    /// The crashed workers' stats as they stood when each crashed.
+    crashed: Vec<worker::WorkerStats>,
 }
 
 /// The worker's configuration for a pipeline: the deployed defaults with the pipeline's gates and payment, and
@@ -130,6 +132,7 @@ pub fn worker_config(config: &PipelineConfig) -> WorkerConfig {
             max_open_wait: config.breaker.max_open_wait.div_f64(k),
             ..config.breaker.clone()
         },
+        registry_interval: defaults.registry_interval.div_f64(k),
         ..defaults
     }
 }
@@ -151,6 +154,8 @@ impl EmbeddedPipeline {
             payment: config.payment.clone(),
             payment_slots: 1,
             shutdown_deadline: Duration::from_secs(2),
+            // ETAs read the worker registry on the run's clock, as the workers heartbeat on it.
+            fleet_refresh: receiver::Config::default().fleet_refresh.div_f64(config.timings_scale.max(1.0)),
             ..receiver::Config::default()
         };
         let listener = TcpListener::bind(("127.0.0.1", config.receiver_port)).await?;
@@ -177,6 +182,7 @@ impl EmbeddedPipeline {
             }
             None => None,
         };
+        let dashboard_state = state.clone();
         let receiver_task = tokio::spawn(receiver::run(listener, state, stop.clone().cancelled_owned()));
 
         static PIPELINES: AtomicU32 = AtomicU32::new(0);
@@ -212,13 +218,24 @@ impl EmbeddedPipeline {
             None => None,
         };
         let task = spawn_worker(&worker_runtime, worker, &stop);
+        let worker = Arc::new(Mutex::new(RunningWorker { handle, task: Some(task), crashed: Vec::new() }));
+        let running = Arc::clone(&worker);
+        crate::dashboard::live::publish(crate::dashboard::live::LivePipeline {
+            id: 0,
+            receiver,
+            receiver_state: dashboard_state,
+            stack: stack.clone(),
+            ledger: Arc::clone(&ledger),
+            worker: Arc::new(move || lock(&running).handle.clone()),
+            stopped: stop.clone(),
+        });
         Ok(EmbeddedPipeline {
             receiver,
             receiver_admin,
             worker_http,
             stack,
             ledger,
-            worker: Arc::new(Mutex::new(RunningWorker { handle, task: Some(task), crashed: Vec::new() })),
+            worker,
             worker_config,
             gateway_outage: AtomicBool::new(false),
             stop,
@@ -248,7 +265,7 @@ impl EmbeddedPipeline {
             crashing.abort();
         }
         let crashed = std::mem::replace(&mut running.handle, handle);
-        running.crashed.push(crashed);
+        running.crashed.push(crashed.stats());
     }
 
     /// Turns the simulated payment-gateway outage on or off, for this worker and any that replaces it.
@@ -257,10 +274,11 @@ impl EmbeddedPipeline {
         lock(&self.worker).handle.set_gateway_outage(on);
     }
 
-    /// Every worker this pipeline ran, the crashed ones first and the running one last.
-    pub fn worker_history(&self) -> Vec<WorkerHandle> {
+    /// The stats of every worker this pipeline ran: the crashed ones as they stood at their crash, first, and
+    /// the running one's now, last.
+    pub fn worker_history(&self) -> Vec<worker::WorkerStats> {
         let running = lock(&self.worker);
-        running.crashed.iter().cloned().chain([running.handle.clone()]).collect()
+        running.crashed.iter().cloned().chain([running.handle.stats()]).collect()
     }
 
     /// CPU time used so far by this pipeline's worker runtime (Linux; `None` elsewhere or when unreadable).
@@ -325,7 +343,7 @@ impl WorkerStatsSource for InProcessWorker {
 }
 
 /// CPU time (user + system) of this process's threads named `name`, from `/proc`.
-fn thread_cpu_time(name: &str) -> Option<Duration> {
+pub(crate) fn thread_cpu_time(name: &str) -> Option<Duration> {
     // Linux reports thread times in clock ticks of USER_HZ, which is 100 on every Linux ABI.
     const TICKS_PER_SECOND: u64 = 100;
     let mut ticks = 0u64;

@@ -173,6 +173,10 @@ pub struct RunResult {
     pub queue: Option<QueueReport>,
     /// The worker's `/stats` at the end of the run (end-to-end latency lives here), when observable.
     pub worker: Option<WorkerSnapshot>,
+    /// How well `GET /orders/{id}`'s `eta` predicted when sampled orders settled, when it was measured (the
+    /// embedded pipeline's watched drains; `None` otherwise, and in documents written before it existed).
+    #[serde(default)]
+    pub eta: Option<EtaReport>,
     /// The timeline CSV's file name, in the same directory.
     pub timeline_csv: String,
     /// The timeline itself (written to CSV, not to JSON).
@@ -227,6 +231,90 @@ pub struct DrainReport {
     pub processing_rate_per_s: f64,
     /// When not finished: the time the rest would take at the measured processing rate, seconds.
     pub extrapolated_total_s: Option<f64>,
+    /// The mean service time the consumers achieved (receipt to settlement, averaged over the worker's last
+    /// minute of settled orders), ms on the run's clock; `None` when it could not be read.
+    #[serde(default)]
+    pub service_time_ms: Option<f64>,
+    /// Little's law again, from the measured service time: `predicted_s × service_time_ms ÷
+    /// payment_latency_ms`, seconds.
+    #[serde(default)]
+    pub predicted_from_service_time_s: Option<f64>,
+    /// How much longer the achieved service time is than the nominal payment latency, percent. On a
+    /// compressed clock this is mostly the timer's lateness per payment: an artifact of the clock, not
+    /// queueing.
+    #[serde(default)]
+    pub service_time_inflation_pct: Option<f64>,
+}
+
+impl DrainReport {
+    /// This report with the consumers' measured mean service time and the prediction made from it.
+    pub fn with_service_time(self, service_time_ms: f64) -> DrainReport {
+        let ratio = service_time_ms / self.payment_latency_ms.max(1e-9);
+        DrainReport {
+            service_time_ms: Some(service_time_ms),
+            predicted_from_service_time_s: Some(self.predicted_s * ratio),
+            service_time_inflation_pct: Some((ratio - 1.0) * 100.0),
+            ..self
+        }
+    }
+
+    /// The drain's length to compare with predictions: the extrapolated total when capped, else measured.
+    pub fn total_s(&self) -> f64 {
+        self.extrapolated_total_s.unwrap_or(self.measured_s)
+    }
+}
+
+/// The error of the order ETAs `GET /orders/{id}` gave while a queue drained: orders picked at random from
+/// the unsettled backlog, asked for their `eta`, and later looked up for when they really settled. Each
+/// sample's error is `(eta − settled) ÷ (settled − asked)`: positive means too late, relative to the wait
+/// that remained. Relative errors are the same on any clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtaReport {
+    /// Lookups that returned an `eta` for an order that then settled (the samples below).
+    pub samples: usize,
+    /// Lookups of a pending or processing order that returned `eta: null` (no estimate yet).
+    pub null_etas: usize,
+    /// Sampled orders that had not settled when the run ended (left out).
+    pub unsettled: usize,
+    /// Median signed error, percent of the remaining wait.
+    pub error_p50_pct: Option<f64>,
+    /// 5th percentile of the signed error, percent (the earliest estimates).
+    pub error_p5_pct: Option<f64>,
+    /// 95th percentile of the signed error, percent (the latest estimates).
+    pub error_p95_pct: Option<f64>,
+    /// 95th percentile of the absolute error, percent: 95 % of the estimates were at least this close.
+    pub abs_error_p95_pct: Option<f64>,
+    /// Median remaining wait of the samples (asked → settled), seconds on the run's clock.
+    pub wait_p50_s: Option<f64>,
+}
+
+impl EtaReport {
+    /// Summarises `(relative error, remaining wait s)` pairs.
+    pub fn of(samples: &[(f64, f64)], null_etas: usize, unsettled: usize) -> EtaReport {
+        let sorted = |mut values: Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values
+        };
+        let errors = sorted(samples.iter().map(|s| s.0 * 100.0).collect());
+        let absolute = sorted(errors.iter().map(|e| e.abs()).collect());
+        let waits = sorted(samples.iter().map(|s| s.1).collect());
+        EtaReport {
+            samples: samples.len(),
+            null_etas,
+            unsettled,
+            error_p50_pct: quantile(&errors, 0.50),
+            error_p5_pct: quantile(&errors, 0.05),
+            error_p95_pct: quantile(&errors, 0.95),
+            abs_error_p95_pct: quantile(&absolute, 0.95),
+            wait_p50_s: quantile(&waits, 0.50),
+        }
+    }
+}
+
+/// The nearest-rank quantile `q` of sorted `values`.
+fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    let last = values.len().checked_sub(1)?;
+    values.get(((q * values.len() as f64).ceil() as usize).saturating_sub(1).min(last)).copied()
 }
 
 /// Sync-vs-async improvement factors for one scenario (async ÷ sync unless said otherwise).
@@ -261,8 +349,15 @@ pub struct ScalingPoint {
     pub peak_backlog: u64,
     /// Drain after the load, measured (seconds; time to the cap when not finished).
     pub drain_s: f64,
-    /// Little's-law drain prediction, seconds.
+    /// Little's-law drain prediction from the nominal payment latency, seconds.
     pub drain_predicted_s: f64,
+    /// Little's-law drain prediction from the service time the consumers achieved, seconds (see
+    /// [`DrainReport::predicted_from_service_time_s`]).
+    #[serde(default)]
+    pub drain_predicted_from_service_time_s: Option<f64>,
+    /// The achieved mean service time, ms (see [`DrainReport::service_time_ms`]).
+    #[serde(default)]
+    pub service_time_ms: Option<f64>,
     /// Whether the drain finished before the cap.
     pub drain_finished: bool,
     /// Worker CPU time ÷ wall time over the run (cores), when measurable.

@@ -220,6 +220,7 @@ pub async fn execute(plan: &RunPlan, probes: &Probes, stop: &CancellationToken) 
             QueueReport { peak_backlog, peak_at_s, backlog_at_load_end: at_end.backlog(), drain }
         }),
         worker,
+        eta: None,
         timeline_csv: render::csv::file_name(&plan.name()),
         timeline: std::mem::take(&mut sampler.points),
     };
@@ -276,5 +277,8 @@ async fn watch_drain(
         processing_rate_per_s,
         extrapolated_total_s: (remaining > 0 && processing_rate_per_s > 0.0)
             .then(|| measured_s + remaining as f64 / processing_rate_per_s),
+        service_time_ms: None,
+        predicted_from_service_time_s: None,
+        service_time_inflation_pct: None,
     }
 }

@@ -19,6 +19,7 @@ use crate::scenario::TimeScale;
 
 pub mod autoscale;
 pub mod compare;
+pub mod dashboard;
 pub mod dlq;
 pub mod infra;
 pub mod outage;

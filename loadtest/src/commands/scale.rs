@@ -21,6 +21,10 @@ pub async fn scale(
     quick: bool,
     stop: &CancellationToken,
 ) -> std::io::Result<ResultsDocument> {
+    let settings = &ExperimentSettings {
+        environment: settings.environment.with_scaled_worker_clocks(settings.time_scale.factor()),
+        ..settings.clone()
+    };
     let k = settings.time_scale;
     let mut document = ResultsDocument::new("scale", &settings.environment.describe(), k.factor());
     document.idempotency_keys = settings.idempotency.is_some();
@@ -82,6 +86,8 @@ pub async fn scale(
             peak_backlog: queue.peak_backlog,
             drain_s,
             drain_predicted_s: drain.map_or(0.0, |d| d.predicted_s),
+            drain_predicted_from_service_time_s: drain.and_then(|d| d.predicted_from_service_time_s),
+            service_time_ms: drain.and_then(|d| d.service_time_ms),
             drain_finished: drain.is_none_or(|d| d.finished),
             worker_cpu_cores: outcome.worker_cpu_cores,
             rss_mib: outcome.rss_mib,

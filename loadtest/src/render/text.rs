@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use loadgen::idempotency::IdempotencyCounts;
 use loadgen::outcome::FailureKind;
 
-use crate::results::{LoadDescription, Phase, ResultsDocument, RunResult};
+use crate::results::{DrainReport, EtaReport, LoadDescription, Phase, ResultsDocument, RunResult};
 use crate::scenario::{LabFigures, TimeScale, lab_figures};
 
 /// A short Locust-style summary of each run, as printed after `run`.
@@ -70,26 +70,34 @@ pub fn runs(document: &ResultsDocument) -> String {
     out
 }
 
-/// The side-by-side tables, queue timelines and factors, as printed after `compare`.
+/// The side-by-side tables, queue timelines and factors, as printed after `compare`. Times and rates are lab
+/// time (the run's clock × K, rates ÷ K), beside the lab's published figures; `results.json` keeps the run's
+/// clock.
 pub fn comparison(document: &ResultsDocument) -> String {
-    let scale = TimeScale::new(document.time_scale);
+    let k = TimeScale::new(document.time_scale).factor();
     let mut out = String::new();
     let _ = writeln!(out, "\norderflow compare — target: {}", document.target);
     for note in &document.notes {
         let _ = writeln!(out, "  * {note}");
     }
+    // Milliseconds on the run's clock, as a lab-speed duration.
+    let lab_ms = |ms: f64| duration_words(ms * k / 1000.0);
     for pair in document.runs.chunks(2) {
         let [sync_run, async_run] = pair else { continue };
         let scenario = &sync_run.scenario;
         let labs = [lab_figures(scenario, "sync"), lab_figures(scenario, "async")];
-        let _ = writeln!(out, "\n== {scenario} ({}) ==", describe_load(sync_run));
-        let _ = writeln!(out, "{:<28}{:>14}{:>14}{:>14}{:>14}", "", "sync", "async", "lab sync", "lab async");
+        let _ = writeln!(out, "\n== {scenario} ({}) ==", describe_load(sync_run, k));
+        let _ = writeln!(
+            out,
+            "{:<30}{:>14}{:>14}{:>14}{:>14}",
+            "lab time", "sync", "async", "lab sync", "lab async"
+        );
         let mut row = |label: &str, ours: [String; 2], lab: [Option<String>; 2]| {
             let lab = lab.map(|v| v.unwrap_or_else(|| "".to_owned()));
-            let _ = writeln!(out, "{label:<28}{:>14}{:>14}{:>14}{:>14}", ours[0], ours[1], lab[0], lab[1]);
+            let _ = writeln!(out, "{label:<30}{:>14}{:>14}{:>14}{:>14}", ours[0], ours[1], lab[0], lab[1]);
         };
         let runs = [sync_run, async_run];
-        let lab_time = |value: Option<f64>| value.map(|ms| format!("{:.1}", ms / scale.factor()));
+        let lab_time = |value: Option<f64>| value.map(|ms| duration_words(ms / 1000.0));
         row(
             "requests",
             runs.map(|r| r.outcomes.total().to_string()),
@@ -108,12 +116,12 @@ pub fn comparison(document: &ResultsDocument) -> String {
             );
         }
         let latency = |pick: fn(&LabFigures) -> Option<f64>| labs.map(|l| lab_time(l.and_then(|l| pick(&l))));
-        row("avg ms", runs.map(|r| format!("{:.1}", r.latency.mean_ms)), latency(|l| l.avg_ms));
-        row("min ms", runs.map(|r| format!("{:.1}", r.latency.min_ms)), [None, None]);
-        row("p50 ms", runs.map(|r| format!("{:.1}", r.latency.p50_ms)), latency(|l| l.p50_ms));
-        row("p95 ms", runs.map(|r| format!("{:.1}", r.latency.p95_ms)), latency(|l| l.p95_ms));
-        row("p99 ms", runs.map(|r| format!("{:.1}", r.latency.p99_ms)), latency(|l| l.p99_ms));
-        row("max ms", runs.map(|r| format!("{:.1}", r.latency.max_ms)), latency(|l| l.max_ms));
+        row("latency avg", runs.map(|r| lab_ms(r.latency.mean_ms)), latency(|l| l.avg_ms));
+        row("latency min", runs.map(|r| lab_ms(r.latency.min_ms)), [None, None]);
+        row("latency p50", runs.map(|r| lab_ms(r.latency.p50_ms)), latency(|l| l.p50_ms));
+        row("latency p95", runs.map(|r| lab_ms(r.latency.p95_ms)), latency(|l| l.p95_ms));
+        row("latency p99", runs.map(|r| lab_ms(r.latency.p99_ms)), latency(|l| l.p99_ms));
+        row("latency max", runs.map(|r| lab_ms(r.latency.max_ms)), latency(|l| l.max_ms));
         if runs.iter().any(|r| r.idempotency.is_some()) {
             let keys = |pick: fn(&IdempotencyCounts) -> u64| {
                 runs.map(|r| r.idempotency.as_ref().map_or("".into(), |k| pick(k).to_string()))
@@ -122,8 +130,8 @@ pub fn comparison(document: &ResultsDocument) -> String {
             row("replays", keys(|k| k.replays), [None, None]);
             row("duplicate orders created", keys(|k| k.duplicate_orders), [None, None]);
         }
-        row("throughput req/s", runs.map(|r| format!("{:.1}", r.throughput_per_s)), [None, None]);
-        row("accepted/s", runs.map(|r| format!("{:.1}", r.accepted_per_s)), [None, None]);
+        row("throughput req/s", runs.map(|r| format!("{:.1}", r.throughput_per_s / k)), [None, None]);
+        row("accepted/s", runs.map(|r| format!("{:.1}", r.accepted_per_s / k)), [None, None]);
         if async_run.schedule.is_some() {
             row(
                 "sent late",
@@ -131,8 +139,8 @@ pub fn comparison(document: &ResultsDocument) -> String {
                 [None, None],
             );
             row(
-                "send lag p99 ms",
-                runs.map(|r| r.schedule.map_or("".into(), |s| format!("{:.2}", s.lag.p99_ms))),
+                "send lag p99 (run's clock)",
+                runs.map(|r| r.schedule.map_or("".into(), |s| format!("{:.2} ms", s.lag.p99_ms))),
                 [None, None],
             );
         }
@@ -150,48 +158,56 @@ pub fn comparison(document: &ResultsDocument) -> String {
             );
             if let Some(drain) = queue.drain {
                 row(
-                    "drain measured s",
+                    "drain measured",
                     [
                         "".into(),
-                        format!("{:.2}{}", drain.measured_s, if drain.finished { "" } else { " (capped)" }),
+                        format!(
+                            "{}{}",
+                            duration_words(drain.measured_s * k),
+                            if drain.finished { "" } else { " (capped)" }
+                        ),
                     ],
-                    [None, lab.and_then(|l| l.drain_s.map(|s| format!("{:.1}", s / scale.factor())))],
-                );
-                row(
-                    "drain predicted s (Little)",
-                    ["".into(), format!("{:.2}", drain.predicted_s)],
-                    [None, None],
+                    [None, lab.and_then(|l| l.drain_s.map(duration_words))],
                 );
                 if let Some(total) = drain.extrapolated_total_s {
-                    row("drain extrapolated s", ["".into(), format!("{total:.1}")], [None, None]);
+                    row("drain extrapolated", ["".into(), duration_words(total * k)], [None, None]);
                 }
-                if scale.factor() > 1.0 {
-                    let at_lab_speed =
-                        drain.extrapolated_total_s.unwrap_or(drain.measured_s) * scale.factor();
+                row(
+                    "drain, Little (nominal L)",
+                    ["".into(), duration_words(drain.predicted_s * k)],
+                    [None, None],
+                );
+                if let Some(predicted) = drain.predicted_from_service_time_s {
                     row(
-                        "drain at lab speed",
-                        ["".into(), human(at_lab_speed)],
-                        [None, Some("2 h 59 m".into())],
+                        "drain, Little (measured S)",
+                        ["".into(), duration_words(predicted * k)],
+                        [None, None],
                     );
+                }
+                if let Some(line) = fidelity_line(&drain, k) {
+                    let _ = writeln!(out, "  {line}");
                 }
             }
             let _ = writeln!(
                 out,
-                "  queue backlog over time (s → visible + in flight): {}",
-                backlog_story(async_run)
+                "  queue backlog over time (lab time → visible + in flight; d = draining): {}",
+                backlog_story(async_run, k)
             );
         }
         if let Some(e2e) = async_run.worker.as_ref().and_then(|w| w.end_to_end_ms.as_ref()) {
             let field = |name: &str| e2e.get(name).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
             let _ = writeln!(
                 out,
-                "  end-to-end (accepted → processed, worker): {} orders, p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                "  end-to-end (accepted → processed, worker): {} orders, p50 {}, p95 {}, p99 {}, max {}",
                 field("count"),
-                field("p50"),
-                field("p95"),
-                field("p99"),
-                field("max")
+                lab_ms(field("p50")),
+                lab_ms(field("p95")),
+                lab_ms(field("p99")),
+                lab_ms(field("max"))
             );
+        }
+        if let Some(eta) = &async_run.eta {
+            let _ = writeln!(out, "  {}", eta_line(eta, k));
         }
         if let Some(comparison) = document.comparisons.iter().find(|c| &c.scenario == scenario) {
             let times =
@@ -209,6 +225,44 @@ pub fn comparison(document: &ResultsDocument) -> String {
     out
 }
 
+/// The compressed clock's fidelity in one line: the service time achieved against the nominal latency, and
+/// the drain against both predictions.
+pub fn fidelity_line(drain: &DrainReport, k: f64) -> Option<String> {
+    let service_ms = drain.service_time_ms?;
+    let from_service = drain.predicted_from_service_time_s?;
+    let off = |predicted: f64| (drain.total_s() / predicted.max(1e-9) - 1.0) * 100.0;
+    Some(format!(
+        "service time: {} per order measured vs {} nominal ({:+.1} %: the compressed clock's timer lateness, \
+         not queueing); drain {:+.1} % vs Little from the nominal L, {:+.1} % vs Little from the measured S",
+        precise(service_ms * k / 1000.0),
+        precise(drain.payment_latency_ms * k / 1000.0),
+        drain.service_time_inflation_pct.unwrap_or(0.0),
+        off(drain.predicted_s),
+        off(from_service),
+    ))
+}
+
+/// Seconds with four significant digits, for service times whose percent matters.
+fn precise(seconds: f64) -> String {
+    if seconds < 1.0 { format!("{:.2} ms", seconds * 1000.0) } else { format!("{seconds:.3} s") }
+}
+
+/// The ETA's measured error in one line.
+pub fn eta_line(eta: &EtaReport, k: f64) -> String {
+    let pct = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:+.1} %"));
+    format!(
+        "ETA (GET /orders/{{id}} during the drain, error = (eta − settled) ÷ remaining wait): {} samples, \
+         p50 {}, p95 |error| {}, 5th–95th {} … {}; median wait {}; {} lookups without an estimate",
+        eta.samples,
+        pct(eta.error_p50_pct),
+        eta.abs_error_p95_pct.map_or("–".to_owned(), |v| format!("{v:.1} %")),
+        pct(eta.error_p5_pct),
+        pct(eta.error_p95_pct),
+        eta.wait_p50_s.map_or("–".to_owned(), |s| duration_words(s * k)),
+        eta.null_etas,
+    )
+}
+
 fn failure_label(kind: FailureKind) -> &'static str {
     match kind {
         FailureKind::Timeout => "timeout (incl. 504)",
@@ -221,21 +275,24 @@ fn failure_label(kind: FailureKind) -> &'static str {
     }
 }
 
-fn describe_load(run: &RunResult) -> String {
+/// The load in lab time.
+fn describe_load(run: &RunResult, k: f64) -> String {
     match &run.load {
         LoadDescription::Open { rate_per_s, duration_s, .. } => {
-            format!("open model, {rate_per_s:.0} req/s for {duration_s:.2} s")
+            format!("open model, {:.0} req/s for {}", rate_per_s / k, duration_words(duration_s * k))
         }
-        LoadDescription::Closed { users, spawn_rate, wait_min_ms, wait_max_ms, duration_s, .. } => {
-            format!(
-                "{users} users, spawn {spawn_rate:.0}/s, wait {wait_min_ms:.1}-{wait_max_ms:.1} ms, {duration_s:.2} s"
-            )
-        }
+        LoadDescription::Closed { users, spawn_rate, wait_min_ms, wait_max_ms, duration_s, .. } => format!(
+            "{users} users, spawn {:.0}/s, wait {:.0}-{:.0} ms, {}",
+            spawn_rate / k,
+            wait_min_ms * k,
+            wait_max_ms * k,
+            duration_words(duration_s * k)
+        ),
     }
 }
 
-/// About a dozen `time: backlog` samples across the load and the drain.
-fn backlog_story(run: &RunResult) -> String {
+/// About a dozen `time: backlog` samples across the load and the drain, in lab time.
+fn backlog_story(run: &RunResult, k: f64) -> String {
     let points: Vec<_> = run.timeline.iter().filter(|p| p.queue_backlog.is_some()).collect();
     if points.is_empty() {
         return "not observed".to_owned();
@@ -251,10 +308,23 @@ fn backlog_story(run: &RunResult) -> String {
         .iter()
         .map(|p| {
             let mark = if p.phase == Phase::Drain { "d" } else { "" };
-            format!("{:.2}{mark}:{}", p.t_s, p.queue_backlog.unwrap_or(0))
+            format!("{}{mark}: {}", duration_words(p.t_s * k), p.queue_backlog.unwrap_or(0))
         })
         .collect::<Vec<_>>()
         .join("  ")
+}
+
+/// Seconds as a duration a person reads at a glance: `0.25 ms`, `12.5 ms`, `450 ms`, `10.0 s`, `3 m 4 s`,
+/// `2 h 59 m`.
+pub fn duration_words(seconds: f64) -> String {
+    let ms = seconds * 1000.0;
+    match seconds.abs() {
+        s if s < 0.01 => format!("{ms:.2} ms"),
+        s if s < 0.1 => format!("{ms:.1} ms"),
+        s if s < 1.0 => format!("{ms:.0} ms"),
+        s if s < 59.95 => format!("{seconds:.1} s"),
+        _ => human(seconds),
+    }
 }
 
 /// Seconds as `2 h 59 m`, `35 m 12 s` or `48 s`.
@@ -267,40 +337,46 @@ pub fn human(seconds: f64) -> String {
     }
 }
 
-/// The sweep as a table, as printed after `scale`.
+/// The sweep as a table, as printed after `scale`: rates and times in lab time.
 pub fn scaling(document: &ResultsDocument) -> String {
-    let k = TimeScale::new(document.time_scale);
+    let k = TimeScale::new(document.time_scale).factor();
     let mut out = format!("\norderflow scale — target: {}\n", document.target);
     for note in &document.notes {
         let _ = writeln!(out, "  * {note}");
     }
     let _ = writeln!(
         out,
-        "\n{:>9}{:>12}{:>12}{:>14}{:>12}{:>14}{:>14}{:>16}{:>10}{:>9}{:>9}",
+        "\n{:>9}{:>11}{:>9}{:>13}{:>7}{:>12}{:>14}{:>14}{:>17}{:>8}{:>8}{:>8}",
         "consumers",
         "offered/s",
         "N/L /s",
         "processed/s",
         "peak",
-        "drain s",
-        "Little s",
-        "lab-speed drain",
+        "drain",
+        "Little (L)",
+        "Little (S)",
+        "S measured",
         "CPU",
         "RSS MiB",
         "kept up"
     );
     for p in &document.scaling {
+        let service = p.service_time_ms.map_or("–".to_owned(), |ms| {
+            let nominal_ms = 1000.0 * p.consumers as f64 / p.capacity_per_s.max(1e-9);
+            format!("{} {:+.1}%", precise(ms * k / 1000.0), (ms / nominal_ms - 1.0) * 100.0)
+        });
         let _ = writeln!(
             out,
-            "{:>9}{:>12.1}{:>12.1}{:>14.1}{:>12}{:>14}{:>14.2}{:>16}{:>10}{:>9}{:>9}",
+            "{:>9}{:>11.1}{:>9.1}{:>13.1}{:>7}{:>12}{:>14}{:>14}{:>17}{:>8}{:>8}{:>8}",
             p.consumers,
-            p.offered_rate_per_s,
-            p.capacity_per_s,
-            p.processing_rate_per_s,
+            p.offered_rate_per_s / k,
+            p.capacity_per_s / k,
+            p.processing_rate_per_s / k,
             p.peak_backlog,
-            format!("{:.2}{}", p.drain_s, if p.drain_finished { "" } else { "+" }),
-            p.drain_predicted_s,
-            human(p.drain_s * k.factor()),
+            format!("{}{}", duration_words(p.drain_s * k), if p.drain_finished { "" } else { "+" }),
+            duration_words(p.drain_predicted_s * k),
+            p.drain_predicted_from_service_time_s.map_or("–".to_owned(), |s| duration_words(s * k)),
+            service,
             p.worker_cpu_cores.map_or("–".into(), |c| format!("{c:.3}")),
             p.rss_mib.map_or("–".into(), |m| format!("{m:.0}")),
             if p.kept_up { "yes" } else { "no" },
@@ -310,13 +386,24 @@ pub fn scaling(document: &ResultsDocument) -> String {
         let measured_min = document.scaling.iter().find(|p| p.kept_up).map(|p| p.consumers);
         let _ = writeln!(
             out,
-            "\nLittle's law: at {:.1} orders/s and {:.1} ms per payment, at least {} consumers keep up; of this sweep, \
+            "\nLittle's law: at {:.1} orders/s and {} per payment, at least {} consumers keep up; of this sweep, \
              the fewest that kept up: {}.  (lab: 60/s × 3 s = 180; 200 consumers had no backlog)",
-            first.offered_rate_per_s,
-            1000.0 * first.consumers as f64 / first.capacity_per_s,
+            first.offered_rate_per_s / k,
+            duration_words(first.consumers as f64 / first.capacity_per_s * k),
             first.min_consumers_littles_law,
             measured_min.map_or("none".to_owned(), |n| n.to_string()),
         );
+    }
+    let _ = writeln!(
+        out,
+        "Times and rates in lab time (the run's clock × K = {k}; results.json keeps the run's clock). Little (L): \
+         backlog × nominal payment latency ÷ N; Little (S): with the service time S the consumers achieved — on \
+         a compressed clock S runs over L by the timer's lateness, an artifact of the clock, not queueing."
+    );
+    for run in document.runs.iter().filter(|r| r.eta.is_some()) {
+        if let Some(eta) = &run.eta {
+            let _ = writeln!(out, "{}: {}", run.name, eta_line(eta, k));
+        }
     }
     let _ = writeln!(
         out,

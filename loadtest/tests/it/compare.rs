@@ -67,7 +67,19 @@ async fn quick_compare_reproduces_the_flash_sale_result_and_littles_law() {
         "the worker processed the orders: {e2e}"
     );
     assert_eq!(document.comparisons.len(), 3, "one comparison per scenario");
-    assert!(summary.contains("drain predicted s (Little)"), "{summary}");
+    assert!(summary.contains("drain, Little (measured S)"), "{summary}");
+    assert!(summary.contains("latency p50"), "lab-time latency rows: {summary}");
+
+    // The compressed clock's fidelity: the service time the consumers achieved is measured, at least the
+    // nominal payment, and the drain is predicted from it too.
+    let service_ms = drain.service_time_ms.expect("the service time is measured");
+    assert!(service_ms >= drain.payment_latency_ms, "{drain:?}");
+    let from_service = drain.predicted_from_service_time_s.expect("a prediction from it");
+    let ratio = drain.measured_s / from_service;
+    assert!((0.85..=1.15).contains(&ratio), "drain within 15% of Little from S: {drain:?}");
+    // The order ETAs were sampled during the drain and compared with when the orders settled.
+    let eta = flash_async.eta.as_ref().expect("ETAs are measured during the drain");
+    assert!(eta.samples >= 10 && eta.abs_error_p95_pct.is_some(), "{eta:?}");
 
     // The files a user opens: JSON that reads back with its schema, a CSV per run, a self-contained report.
     let dir = std::env::temp_dir().join(format!("loadtest-compare-{}", std::process::id()));

@@ -3,9 +3,11 @@
 
 mod autoscale;
 mod compare;
+mod dashboard;
 mod dlq;
 mod helpers;
 mod idempotency;
 mod infra;
 mod outage;
 mod pipeline;
+mod report_browser;
