@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -79,11 +79,25 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn page(State(shared): State<Arc<Shared>>) -> Response {
+/// The page's query: `?order=<id>` sends the page with that order looked up already.
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    order: Option<String>,
+}
+
+async fn page(State(shared): State<Arc<Shared>>, Query(query): Query<PageQuery>) -> Response {
     let snapshot = shared.latest.borrow().clone();
     let history = serde_json::to_string(&*lock(&shared.history)).unwrap_or_else(|_| "[]".into());
+    let order = match &query.order {
+        Some(id) => {
+            let (status, body) = lookup(&shared, id).await;
+            format!(r#"{{"status":{},"body":{body}}}"#, status.as_u16())
+        }
+        None => "null".to_owned(),
+    };
     // Inside a <script> element, `</` could end it early.
-    let initial = format!(r#"{{"snapshot":{snapshot},"history":{history}}}"#).replace("</", r"<\/");
+    let initial =
+        format!(r#"{{"snapshot":{snapshot},"history":{history},"order":{order}}}"#).replace("</", r"<\/");
     let html = PAGE.replacen(INITIAL_MARK, &initial, 1);
     ([(header::CACHE_CONTROL, "no-store"), (header::CONTENT_TYPE, "text/html; charset=utf-8")], html)
         .into_response()
@@ -103,9 +117,9 @@ fn json_text(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+fn error(status: StatusCode, code: &str, message: &str) -> (StatusCode, String) {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    json_text(status, body.to_string())
+    (status, body.to_string())
 }
 
 /// Counts an open event stream for as long as it lives.
@@ -148,7 +162,13 @@ async fn events(State(shared): State<Arc<Shared>>) -> Sse<impl Stream<Item = Res
 
 /// `GET /api/orders/{id}`: the order's record and ETA, the shape of the receiver's `GET /orders/{id}`.
 async fn order(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    let Ok(order_id) = Uuid::try_parse(&id) else {
+    let (status, body) = lookup(&shared, &id).await;
+    json_text(status, body)
+}
+
+/// Looks an order up where the dashboard looks: its status and JSON body.
+async fn lookup(shared: &Shared, id: &str) -> (StatusCode, String) {
+    let Ok(order_id) = Uuid::try_parse(id.trim()) else {
         return error(StatusCode::BAD_REQUEST, "invalid_order_id", "an order id is a UUID");
     };
     match &shared.lookup {
@@ -166,7 +186,7 @@ async fn order(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Res
             };
             match answer.await {
                 Ok((status, body)) => {
-                    json_text(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY), body)
+                    (StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY), body)
                 }
                 Err(failure) => error(StatusCode::BAD_GATEWAY, "receiver_unreachable", &failure.to_string()),
             }
@@ -179,7 +199,7 @@ async fn order(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Res
     }
 }
 
-async fn from_ledger(ledger: &dyn Ledger, order_id: Uuid, now: DateTime<Utc>) -> Response {
+async fn from_ledger(ledger: &dyn Ledger, order_id: Uuid, now: DateTime<Utc>) -> (StatusCode, String) {
     match ledger.get(order_id).await {
         Ok(Some(record)) => {
             let fleet = match ledger.registry() {
@@ -189,7 +209,7 @@ async fn from_ledger(ledger: &dyn Ledger, order_id: Uuid, now: DateTime<Utc>) ->
             let eta = ledger::eta::estimate(&record, &fleet, now);
             let mut body = serde_json::to_value(&record).unwrap_or_default();
             body["eta"] = serde_json::json!(eta);
-            json_text(StatusCode::OK, body.to_string())
+            (StatusCode::OK, body.to_string())
         }
         Ok(None) => error(StatusCode::NOT_FOUND, "order_not_found", &format!("no order {order_id}")),
         Err(failure) => error(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", &failure.to_string()),
