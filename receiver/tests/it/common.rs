@@ -1,18 +1,25 @@
 //! Shared by the integration tests: a receiver on a free port (with an embedded ledger), a client, order
-//! bodies, and a scriptable publisher.
+//! bodies, a scriptable publisher, and an embedded ledger behind hooks.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bus::{BusError, EntryResult, MessageId, OutgoingMessage, Publisher};
-use ledger::Store;
+use chrono::{DateTime, Utc};
 use ledger::embedded::EmbeddedLedger;
+use ledger::idempotency::{IdempotencyKeys, KeyBegin, KeyRequest, StoredResponse};
+use ledger::registry::{WorkerEntry, WorkerRegistry};
+use ledger::{
+    ChargeRecord, Claim, ClaimRequest, Ledger, LedgerError, NewOrder, OrderRecord, PaymentRecord, Settle,
+    Settlement, Store,
+};
 use receiver::{AppState, Config};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 /// A receiver serving on 127.0.0.1 at a free port.
 pub struct TestServer {
@@ -242,5 +249,120 @@ impl Publisher for ScriptedPublisher {
             self.lone_batches.fetch_add(1, Ordering::SeqCst);
         }
         Ok(self.perform(messages).await)
+    }
+}
+
+/// The embedded ledger behind a test's hooks: counts reads of the worker registry and `abandon` calls, and can
+/// fail the first few abandons. Everything else is forwarded unchanged.
+pub struct HookedLedger {
+    pub inner: Arc<EmbeddedLedger>,
+    /// Reads of the worker registry (`fleet`).
+    pub fleet_reads: AtomicU32,
+    /// Calls of `abandon`, failed ones included.
+    pub abandon_calls: AtomicU32,
+    /// The error the next abandons fail with, and how many more fail.
+    abandon_failure: Option<(LedgerError, AtomicU32)>,
+}
+
+impl HookedLedger {
+    pub fn new(inner: Arc<EmbeddedLedger>) -> Self {
+        Self {
+            inner,
+            fleet_reads: AtomicU32::new(0),
+            abandon_calls: AtomicU32::new(0),
+            abandon_failure: None,
+        }
+    }
+
+    /// The first `failures` abandons fail with `error`.
+    pub fn failing_abandons(self, error: LedgerError, failures: u32) -> Self {
+        Self { abandon_failure: Some((error, AtomicU32::new(failures))), ..self }
+    }
+}
+
+#[async_trait]
+impl WorkerRegistry for HookedLedger {
+    async fn heartbeat(&self, entry: &WorkerEntry) -> Result<(), LedgerError> {
+        self.inner.registry().expect("a registry").heartbeat(entry).await
+    }
+
+    async fn fleet(&self, now: DateTime<Utc>) -> Result<Vec<WorkerEntry>, LedgerError> {
+        self.fleet_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.registry().expect("a registry").fleet(now).await
+    }
+}
+
+#[async_trait]
+impl IdempotencyKeys for HookedLedger {
+    async fn begin(&self, request: &KeyRequest) -> Result<KeyBegin, LedgerError> {
+        self.inner.begin(request).await
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        response: &StoredResponse,
+        retention: Duration,
+    ) -> Result<(), LedgerError> {
+        self.inner.complete(key, response, retention).await
+    }
+
+    async fn unlock(&self, key: &str) -> Result<(), LedgerError> {
+        self.inner.unlock(key).await
+    }
+
+    async fn forget(&self, key: &str) -> Result<(), LedgerError> {
+        self.inner.forget(key).await
+    }
+}
+
+#[async_trait]
+impl Ledger for HookedLedger {
+    async fn create(&self, order: &NewOrder) -> Result<bool, LedgerError> {
+        self.inner.create(order).await
+    }
+
+    async fn get(&self, order_id: Uuid) -> Result<Option<OrderRecord>, LedgerError> {
+        self.inner.get(order_id).await
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, LedgerError> {
+        self.inner.claim(request).await
+    }
+
+    async fn record_charge(
+        &self,
+        order_id: Uuid,
+        payment: &PaymentRecord,
+    ) -> Result<ChargeRecord, LedgerError> {
+        self.inner.record_charge(order_id, payment).await
+    }
+
+    async fn settle(
+        &self,
+        order_id: Uuid,
+        token: u32,
+        worker: &str,
+        settlement: &Settlement,
+    ) -> Result<Settle, LedgerError> {
+        self.inner.settle(order_id, token, worker, settlement).await
+    }
+
+    async fn release(&self, order_id: Uuid, token: u32, reason: &str) -> Result<bool, LedgerError> {
+        self.inner.release(order_id, token, reason).await
+    }
+
+    async fn abandon(&self, order_id: Uuid, reason: &str) -> Result<bool, LedgerError> {
+        self.abandon_calls.fetch_add(1, Ordering::SeqCst);
+        if let Some((error, left)) = &self.abandon_failure
+            && left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        {
+            return Err(error.clone());
+        }
+        self.inner.abandon(order_id, reason).await
+    }
+
+    fn registry(&self) -> Option<&dyn WorkerRegistry> {
+        Some(self)
     }
 }

@@ -2,22 +2,16 @@
 //! null once the order is settled; and the worker registry is read about once a second, not per lookup.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::common::{TestServer, client, order};
-use async_trait::async_trait;
+use crate::common::{HookedLedger, TestServer, client, order};
 use bus::embedded::{EmbeddedStack, StackConfig};
 use chrono::{DateTime, Utc};
 use ledger::embedded::EmbeddedLedger;
-use ledger::idempotency::{IdempotencyKeys, KeyBegin, KeyRequest, StoredResponse};
-use ledger::registry::{Frontier, WorkerEntry, WorkerRegistry};
-use ledger::{
-    ChargeRecord, Claim, ClaimRequest, Ledger, LedgerError, NewOrder, OrderRecord, PaymentRecord, Settle,
-    Settlement,
-};
+use ledger::registry::{Frontier, WorkerEntry};
+use ledger::{Claim, ClaimRequest, Ledger, NewOrder, OrderRecord, Settlement};
 use receiver::Config;
-use uuid::Uuid;
 
 /// A live worker settling 5 orders/s of 0.2 s each, whose frontier stands 10 s behind now and keeps pace.
 fn draining_worker() -> WorkerEntry {
@@ -109,7 +103,7 @@ fn new_order_of(record: &OrderRecord) -> NewOrder {
 async fn the_registry_is_read_about_once_a_second_however_many_lookups() {
     let stack = EmbeddedStack::new(StackConfig::default());
     let records = Arc::new(EmbeddedLedger::default());
-    let counting = Arc::new(CountingReads { inner: records.clone(), reads: AtomicU32::new(0) });
+    let counting = Arc::new(HookedLedger::new(records.clone()));
     let server = TestServer::start_with_ledger(
         Config::default(),
         Arc::new(stack.topic.clone()),
@@ -132,94 +126,7 @@ async fn the_registry_is_read_about_once_a_second_however_many_lookups() {
     }
     let answers = lookups.join_all().await;
     assert!(answers.iter().all(|has_eta| *has_eta), "every lookup has an eta");
-    let reads = counting.reads.load(Ordering::SeqCst);
+    let reads = counting.fleet_reads.load(Ordering::SeqCst);
     let allowed = 1 + started.elapsed().as_secs() as u32;
     assert!((1..=allowed).contains(&reads), "{reads} registry reads for 50 lookups (at most {allowed})");
-}
-
-/// The embedded ledger, counting reads of its worker registry.
-struct CountingReads {
-    inner: Arc<EmbeddedLedger>,
-    reads: AtomicU32,
-}
-
-#[async_trait]
-impl WorkerRegistry for CountingReads {
-    async fn heartbeat(&self, entry: &WorkerEntry) -> Result<(), LedgerError> {
-        self.inner.registry().unwrap().heartbeat(entry).await
-    }
-
-    async fn fleet(&self, now: DateTime<Utc>) -> Result<Vec<WorkerEntry>, LedgerError> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.registry().unwrap().fleet(now).await
-    }
-}
-
-#[async_trait]
-impl IdempotencyKeys for CountingReads {
-    async fn begin(&self, request: &KeyRequest) -> Result<KeyBegin, LedgerError> {
-        self.inner.begin(request).await
-    }
-
-    async fn complete(
-        &self,
-        key: &str,
-        response: &StoredResponse,
-        retention: Duration,
-    ) -> Result<(), LedgerError> {
-        self.inner.complete(key, response, retention).await
-    }
-
-    async fn unlock(&self, key: &str) -> Result<(), LedgerError> {
-        self.inner.unlock(key).await
-    }
-
-    async fn forget(&self, key: &str) -> Result<(), LedgerError> {
-        self.inner.forget(key).await
-    }
-}
-
-#[async_trait]
-impl Ledger for CountingReads {
-    async fn create(&self, order: &NewOrder) -> Result<bool, LedgerError> {
-        self.inner.create(order).await
-    }
-
-    async fn get(&self, order_id: Uuid) -> Result<Option<OrderRecord>, LedgerError> {
-        self.inner.get(order_id).await
-    }
-
-    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, LedgerError> {
-        self.inner.claim(request).await
-    }
-
-    async fn record_charge(
-        &self,
-        order_id: Uuid,
-        payment: &PaymentRecord,
-    ) -> Result<ChargeRecord, LedgerError> {
-        self.inner.record_charge(order_id, payment).await
-    }
-
-    async fn settle(
-        &self,
-        order_id: Uuid,
-        token: u32,
-        worker: &str,
-        settlement: &Settlement,
-    ) -> Result<Settle, LedgerError> {
-        self.inner.settle(order_id, token, worker, settlement).await
-    }
-
-    async fn release(&self, order_id: Uuid, token: u32, reason: &str) -> Result<bool, LedgerError> {
-        self.inner.release(order_id, token, reason).await
-    }
-
-    async fn abandon(&self, order_id: Uuid, reason: &str) -> Result<bool, LedgerError> {
-        self.inner.abandon(order_id, reason).await
-    }
-
-    fn registry(&self) -> Option<&dyn WorkerRegistry> {
-        Some(self)
-    }
 }

@@ -3,19 +3,14 @@
 //! failed (with retries, and within the shutdown).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::common::{ScriptedPublisher, TestServer, client, eventually, order};
-use async_trait::async_trait;
+use crate::common::{HookedLedger, ScriptedPublisher, TestServer, client, eventually, order};
 use bus::Consumer;
 use bus::embedded::{EmbeddedStack, StackConfig};
 use ledger::embedded::EmbeddedLedger;
-use ledger::idempotency::{IdempotencyKeys, KeyBegin, KeyRequest, StoredResponse};
-use ledger::{
-    ChargeRecord, Claim, ClaimRequest, Ledger, LedgerError, NewOrder, OrderRecord, PaymentRecord, Settle,
-    Settlement,
-};
+use ledger::{LedgerError, OrderRecord};
 use orders::{OrderStatus, WireMessage};
 use receiver::Config;
 use uuid::Uuid;
@@ -191,93 +186,10 @@ async fn lookups_are_not_held_back_by_the_order_endpoints_limit() {
     assert_eq!(stalled.await.unwrap().status, 202);
 }
 
-/// A ledger whose `abandon` fails with `error` for its first `failures` calls.
-struct FlakyAbandons {
-    inner: Arc<EmbeddedLedger>,
-    error: LedgerError,
-    failures: AtomicU32,
-    abandon_calls: AtomicU32,
-}
-
-impl FlakyAbandons {
-    fn new(inner: Arc<EmbeddedLedger>, error: LedgerError, failures: u32) -> Self {
-        Self { inner, error, failures: AtomicU32::new(failures), abandon_calls: AtomicU32::new(0) }
-    }
-}
-
-#[async_trait]
-impl IdempotencyKeys for FlakyAbandons {
-    async fn begin(&self, request: &KeyRequest) -> Result<KeyBegin, LedgerError> {
-        self.inner.begin(request).await
-    }
-
-    async fn complete(
-        &self,
-        key: &str,
-        response: &StoredResponse,
-        retention: Duration,
-    ) -> Result<(), LedgerError> {
-        self.inner.complete(key, response, retention).await
-    }
-
-    async fn unlock(&self, key: &str) -> Result<(), LedgerError> {
-        self.inner.unlock(key).await
-    }
-
-    async fn forget(&self, key: &str) -> Result<(), LedgerError> {
-        self.inner.forget(key).await
-    }
-}
-
-#[async_trait]
-impl Ledger for FlakyAbandons {
-    async fn create(&self, order: &NewOrder) -> Result<bool, LedgerError> {
-        self.inner.create(order).await
-    }
-
-    async fn get(&self, order_id: Uuid) -> Result<Option<OrderRecord>, LedgerError> {
-        self.inner.get(order_id).await
-    }
-
-    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, LedgerError> {
-        self.inner.claim(request).await
-    }
-
-    async fn record_charge(
-        &self,
-        order_id: Uuid,
-        payment: &PaymentRecord,
-    ) -> Result<ChargeRecord, LedgerError> {
-        self.inner.record_charge(order_id, payment).await
-    }
-
-    async fn settle(
-        &self,
-        order_id: Uuid,
-        token: u32,
-        worker: &str,
-        settlement: &Settlement,
-    ) -> Result<Settle, LedgerError> {
-        self.inner.settle(order_id, token, worker, settlement).await
-    }
-
-    async fn release(&self, order_id: Uuid, token: u32, reason: &str) -> Result<bool, LedgerError> {
-        self.inner.release(order_id, token, reason).await
-    }
-
-    async fn abandon(&self, order_id: Uuid, reason: &str) -> Result<bool, LedgerError> {
-        self.abandon_calls.fetch_add(1, Ordering::SeqCst);
-        if self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-            return Err(self.error.clone());
-        }
-        self.inner.abandon(order_id, reason).await
-    }
-}
-
 /// A receiver whose publishes all fail and whose abandons fail `failures` times with `error`.
-async fn with_flaky_abandons(error: LedgerError, failures: u32) -> (TestServer, Arc<FlakyAbandons>) {
+async fn with_flaky_abandons(error: LedgerError, failures: u32) -> (TestServer, Arc<HookedLedger>) {
     let records = Arc::new(EmbeddedLedger::default());
-    let flaky = Arc::new(FlakyAbandons::new(records.clone(), error, failures));
+    let flaky = Arc::new(HookedLedger::new(records.clone()).failing_abandons(error, failures));
     let publisher = Arc::new(ScriptedPublisher::new().failing(|_| true));
     (TestServer::start_with_ledger(Config::default(), publisher, records, flaky.clone()).await, flaky)
 }
