@@ -1,7 +1,7 @@
 //! The live dashboard: in a real browser (Debian's headless Chromium, `$CHROMIUM`), following an embedded
 //! pipeline under load; and its DLQ routes, which are `up`'s control API.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,58 +12,10 @@ use loadtest::pipeline::{EmbeddedPipeline, PipelineConfig};
 use orders::PaymentConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::helpers::run_chromium;
+
 const ORDER: &str =
     r#"{"customer_id": 42, "items": [{"product_id": "PROD-001", "quantity": 1, "price": 9.99}]}"#;
-
-/// The browser: `$CHROMIUM`, else Debian's. Missing, the test fails: scripts/test.sh installs it.
-fn chromium() -> PathBuf {
-    let path = std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
-    assert!(
-        path.exists(),
-        "no Chromium at {}: run scripts/test.sh (it installs Debian's chromium), or set CHROMIUM",
-        path.display()
-    );
-    path
-}
-
-/// A fresh directory under the test target's temporary directory.
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("creating a temporary directory");
-    dir
-}
-
-/// Runs headless Chromium on `url` with `args` (`--dump-dom`, `--screenshot=…`) in a fresh profile; its stdout.
-/// Killed if it is not done within a minute.
-async fn run_chromium(url: &str, args: &[String]) -> String {
-    let profile = fresh_dir("chromium-profile");
-    let child = tokio::process::Command::new(chromium())
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting chromium");
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("chromium finished within a minute (it is killed otherwise)")
-        .expect("chromium ran");
-    let _ = std::fs::remove_dir_all(&profile);
-    assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// The text inside the element with `id` in a DOM dump (tags inside it dropped), or `None` if absent.
 fn text_of(dom: &str, id: &str) -> Option<String> {

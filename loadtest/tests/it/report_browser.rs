@@ -2,64 +2,18 @@
 //! the other browser tests use, screenshotted at 1280 px into the run's results directory, and its DOM checked
 //! for the headline figure and every run's charts.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use loadtest::experiment::Environment;
 use loadtest::pipeline::PipelineConfig;
-use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::settings;
+use crate::helpers::{chromium, run_chromium, settings};
 
 /// The same lowered time scale and consumers as the compare test (see there for why).
 const TEST_TIME_SCALE: f64 = 10.0;
 const TEST_CONSUMERS: usize = 5;
-/// Longest a Chromium run may take before it is killed and the test fails.
-const CHROMIUM_DEADLINE: Duration = Duration::from_secs(90);
-
-/// `$CHROMIUM`, else /usr/bin/chromium; a missing browser fails the test (never skips it).
-fn chromium() -> PathBuf {
-    let path = std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
-    assert!(
-        path.exists(),
-        "Chromium not found at {} (set CHROMIUM, or run scripts/test.sh, which installs it)",
-        path.display()
-    );
-    path
-}
-
-/// Runs headless Chromium with `args` on `url` and returns its stdout; kills it past the deadline.
-async fn run_chromium(profile: &Path, args: &[String], url: &str) -> String {
-    let child = Command::new(chromium())
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("Chromium starts");
-    let output = tokio::time::timeout(CHROMIUM_DEADLINE, child.wait_with_output())
-        .await
-        .expect("Chromium finishes within its deadline (killed otherwise)")
-        .expect("Chromium's output");
-    assert!(output.status.success(), "Chromium failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).expect("UTF-8 DOM")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_shows_the_headline_and_every_runs_charts_in_chromium() {
     let browser = chromium();
@@ -73,20 +27,18 @@ async fn report_shows_the_headline_and_every_runs_charts_in_chromium() {
     loadtest::results::write_all(&dir, &document, &html).unwrap();
     let report = dir.join("report.html");
     let url = format!("file://{}", report.display());
-    let profile = dir.join("chromium-profile");
 
     let screenshot = dir.join("report.png");
     run_chromium(
-        &profile,
-        &[format!("--screenshot={}", screenshot.display()), "--window-size=1280,2400".to_owned()],
         &url,
+        &[format!("--screenshot={}", screenshot.display()), "--window-size=1280,2400".to_owned()],
     )
     .await;
     let png = std::fs::read(&screenshot).expect("Chromium saved the screenshot");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a real screenshot: {} bytes", png.len());
     println!("{} screenshot: {}", browser.display(), screenshot.display());
 
-    let dom = run_chromium(&profile, &["--dump-dom".to_owned()], &url).await;
+    let dom = run_chromium(&url, &["--dump-dom".to_owned()]).await;
     let headline = dom.split("id=\"headline\"").nth(1).expect("the headline figure is in the DOM");
     let headline = &headline[..headline.find("</figure>").expect("the headline figure closes")];
     assert!(headline.contains("<svg") && headline.contains("Accepted %"), "the headline chart is drawn");
@@ -107,5 +59,4 @@ async fn report_shows_the_headline_and_every_runs_charts_in_chromium() {
         );
     }
     assert!(dom.contains("lab time"), "the time axes say they are lab time");
-    std::fs::remove_dir_all(&profile).unwrap();
 }
